@@ -1,0 +1,1 @@
+"""Cinder (block storage) actions."""

@@ -1,0 +1,385 @@
+"""Shared helpers for the curated OpenStack actions.
+
+Two things live here, and every OpenStack action module imports this one
+(``from .. import common``):
+
+* :func:`connect` builds an :class:`openstack.connection.Connection` from the
+  security context Mistral hands to ``Action.run()``. Nothing is read from
+  files or environment variables (no ``clouds.yaml``, no ``OS_*``): the only
+  credential is the caller's token, and it is never logged.
+* :func:`wait_for_status` is the check-or-wait loop behind every
+  ``assert_status`` action, and :func:`api_errors` turns SDK and Keystone
+  errors into :class:`mistral_lib.exceptions.ActionException` with a message
+  that names the resource.
+
+How the token becomes a connection
+----------------------------------
+openstacksdk needs a service catalog to find Nova, Cinder, Glance, Trove.
+The token Mistral passes already has one, so the token is used *as is*,
+through keystoneauth's :class:`~keystoneauth1.identity.access.AccessInfoPlugin`
+(a plugin wrapping an already-issued token and its catalog):
+
+1. If the security context carries ``service_catalog`` (Mistral fills it from
+   keystonemiddleware's token data for API-started executions, or from the
+   ``X-Target-Service-Catalog`` header), it is used directly: no call to
+   Keystone at all.
+2. Otherwise (executions started by cron triggers run with a trust-scoped
+   token and no catalog), the token is validated once against Keystone
+   (``GET /v3/auth/tokens`` with ``X-Subject-Token`` set to the token itself,
+   which any token may do for itself) and the catalog of that response is used.
+
+The obvious alternative, openstacksdk's ``v3token`` auth type, *re-scopes*
+the token: it asks Keystone for a new token. Keystone refuses that for
+trust-scoped tokens ("Using trust-scoped token to create another token"),
+which is exactly what scheduled workflows (cron triggers, the seed's nightly
+backups) run with, so it is not used.
+
+Endpoints are looked up in the catalog for ``region_name`` (from the context)
+and the ``public`` interface (:data:`INTERFACE`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import openstack.connection
+import openstack.exceptions
+from keystoneauth1 import access
+from keystoneauth1 import exceptions as ks_exceptions
+from keystoneauth1 import session as ks_session
+from keystoneauth1.identity import access as access_plugin
+from mistral_lib import exceptions as ml_exceptions
+
+LOG = logging.getLogger(__name__)
+
+#: Catalog interface used to reach the services.
+INTERFACE = "public"
+
+#: Default seconds between two status checks when waiting.
+DEFAULT_INTERVAL = 5.0
+
+# Indirections so tests can drive the wait loop with a fake clock.
+_clock: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], None] = time.sleep
+
+
+def fail(message: str) -> ml_exceptions.ActionException:
+    """Build the exception an action raises to fail with ``message``.
+
+    :param message: text shown as the action's error in Mistral.
+    :returns: an :class:`~mistral_lib.exceptions.ActionException`.
+    """
+    return ml_exceptions.ActionException(message)
+
+
+# --------------------------------------------------------------------------
+# Connection
+# --------------------------------------------------------------------------
+
+
+def connect(context: Any) -> openstack.connection.Connection:
+    """Open an openstacksdk connection as the user who runs the workflow.
+
+    Use it as a context manager (``with common.connect(context) as conn:``)
+    so the HTTP session is closed when the action is done.
+
+    :param context: the :class:`mistral_lib.actions.context.ActionContext`
+        passed to ``run()``; its ``security`` part supplies the token,
+        project, Keystone URL, catalog, region and TLS settings.
+    :returns: a connection whose requests carry the caller's token.
+    :raises ActionException: when the context has no token (Mistral runs
+        without authentication) or Keystone rejects the token.
+    """
+    sec = getattr(context, "security", None)
+    token = getattr(sec, "auth_token", None)
+    if not token:
+        raise fail(
+            "no auth token in the action's security context: the OpenStack "
+            "actions need Mistral to run with authentication enabled"
+        )
+    session = ks_session.Session(verify=verify_setting(sec))
+    auth_url = keystone_url(sec)
+    body = token_body(sec)
+    if body is None:
+        body = _validate_token(session, auth_url, token)
+    auth_ref = access.create(body=body, auth_token=token)
+    session.auth = access_plugin.AccessInfoPlugin(auth_ref, auth_url=auth_url)
+    return openstack.connection.Connection(
+        session=session,
+        region_name=getattr(sec, "region_name", None) or None,
+        interface=INTERFACE,
+        app_name="mistral-hotload",
+    )
+
+
+def verify_setting(sec: Any) -> bool | str:
+    """Return the TLS ``verify`` value for keystoneauth.
+
+    :param sec: the security context.
+    :returns: ``False`` when ``insecure`` is set, the CA bundle path when
+        ``auth_cacert`` is set, else ``True``.
+    """
+    insecure = getattr(sec, "insecure", False)
+    if insecure is True or str(insecure).lower() == "true":
+        return False
+    return getattr(sec, "auth_cacert", None) or True
+
+
+def keystone_url(sec: Any) -> str | None:
+    """Return the Keystone URL for the security context.
+
+    Contexts built by cron triggers carry no ``auth_uri``; then Mistral's own
+    ``[keystone_authtoken] www_authenticate_uri`` is used (this code runs
+    inside Mistral, so its configuration is loaded).
+
+    :param sec: the security context.
+    :returns: the URL, or ``None`` when neither source has one.
+    """
+    return getattr(sec, "auth_uri", None) or _mistral_auth_uri()
+
+
+def _mistral_auth_uri() -> str | None:
+    try:
+        from oslo_config import cfg
+
+        return cfg.CONF.keystone_authtoken.www_authenticate_uri or None
+    except Exception:  # not inside Mistral, option not registered, ...
+        return None
+
+
+def token_body(sec: Any) -> dict[str, Any] | None:
+    """Turn the context's ``service_catalog`` into a Keystone v3 token body.
+
+    Accepted shapes: the inner ``token`` dict of a v3 validation response
+    (what Mistral stores), the whole response (``{"token": {...}}``) or a
+    bare catalog list. Project id/name missing from the body are taken from
+    the context.
+
+    :param sec: the security context.
+    :returns: ``{"token": {...}}``, or ``None`` when there is no usable
+        catalog in the context.
+    """
+    catalog = getattr(sec, "service_catalog", None)
+    if isinstance(catalog, dict) and isinstance(catalog.get("token"), dict):
+        catalog = catalog["token"]
+    if isinstance(catalog, list):
+        token = {"catalog": catalog}
+    elif isinstance(catalog, dict) and isinstance(catalog.get("catalog"), list):
+        token = dict(catalog)
+    else:
+        return None
+    if not token["catalog"]:
+        return None
+    project_id = getattr(sec, "project_id", None)
+    if "project" not in token and project_id:
+        token["project"] = {
+            "id": project_id,
+            "name": getattr(sec, "project_name", None),
+        }
+    return {"token": token}
+
+
+def _validate_token(
+    session: ks_session.Session, auth_url: str | None, token: str
+) -> dict[str, Any]:
+    if not auth_url:
+        raise fail(
+            "the security context has neither a service catalog nor a "
+            "Keystone URL (auth_uri), so no endpoint can be found"
+        )
+    url = v3_url(auth_url) + "/auth/tokens"
+    headers = {"X-Auth-Token": token, "X-Subject-Token": token}
+    try:
+        resp = session.get(url, headers=headers, authenticated=False)
+    except ks_exceptions.HttpError as exc:
+        raise fail(
+            f"Keystone at {auth_url} refused the workflow's token "
+            f"(HTTP {exc.http_status}); it may have expired"
+        ) from None
+    except ks_exceptions.ClientException as exc:
+        raise fail(f"cannot reach Keystone at {auth_url}: {exc}") from None
+    return resp.json()
+
+
+def v3_url(auth_url: str) -> str:
+    """Return the Keystone v3 root for ``auth_url``.
+
+    :param auth_url: a Keystone URL with or without the ``/v3`` suffix.
+    :returns: the URL ending in ``/v3``, without a trailing slash.
+    """
+    url = auth_url.rstrip("/")
+    return url if url.endswith("/v3") else url + "/v3"
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def api_errors(resource_type: str, resource_id: str | None = None) -> Iterator[None]:
+    """Turn SDK / Keystone errors raised in the block into ActionException.
+
+    :param resource_type: human name of the resource, e.g. ``"volume"``.
+    :param resource_id: its id when there is one; named in the message.
+    :raises ActionException: "<type> '<id>' not found" for HTTP 404, else
+        "<type> '<id>': <API error>".
+    """
+    what = f"{resource_type} {resource_id!r}" if resource_id else resource_type
+    try:
+        yield
+    except openstack.exceptions.NotFoundException:
+        raise fail(f"{what} not found") from None
+    except (
+        openstack.exceptions.SDKException,
+        ks_exceptions.ClientException,
+    ) as exc:
+        raise fail(f"{what}: {exc}") from None
+
+
+# --------------------------------------------------------------------------
+# Status checks
+# --------------------------------------------------------------------------
+
+
+def wait_for_status(
+    fetch: Callable[[], Any],
+    *,
+    resource_type: str,
+    resource_id: str,
+    expected: str,
+    timeout: float = 0,
+    interval: float = DEFAULT_INTERVAL,
+    failure: Iterable[str] = (),
+    attribute: str = "status",
+    read: Callable[[Any], Any] | None = None,
+) -> Any:
+    """Check (and optionally wait) until a resource reaches a status.
+
+    Statuses compare case-insensitively (Nova says ``ACTIVE``, Cinder
+    ``available``). The resource is fetched once; if it is not in the
+    expected status and ``timeout`` is positive, it is fetched again every
+    ``interval`` seconds until ``timeout`` seconds have passed. A status in
+    ``failure`` (e.g. ``error``) ends the wait at once.
+
+    :param fetch: callable returning the current resource (an SDK resource);
+        it may raise SDK errors, which are reported by :func:`api_errors`.
+    :param resource_type: human name of the resource, e.g. ``"volume"``.
+    :param resource_id: the resource's id, named in the messages.
+    :param expected: the status to reach.
+    :param timeout: seconds to wait; 0 (default) checks once.
+    :param interval: seconds between two checks while waiting.
+    :param failure: statuses that fail immediately (unless expected).
+    :param attribute: the resource attribute holding the status (also the
+        word used in messages).
+    :param read: callable extracting the status from the resource, for
+        values that need translating; default ``getattr(r, attribute)``.
+    :returns: the resource, once in the expected status.
+    :raises ActionException: wrong status, not found, API error, bad
+        arguments.
+    """
+    timeout, interval = check_wait_args(timeout, interval)
+    want = str(expected).lower()
+    failed = {str(s).lower() for s in failure} - {want}
+    deadline = _clock() + timeout
+    while True:
+        with api_errors(resource_type, resource_id):
+            resource = fetch()
+        actual = read(resource) if read else getattr(resource, attribute, None)
+        if actual is not None and str(actual).lower() == want:
+            return resource
+        message = (
+            f"{resource_type} {resource_id!r} is in {attribute} {actual!r}, "
+            f"expected {expected!r}"
+        )
+        if actual is not None and str(actual).lower() in failed:
+            raise fail(message)
+        remaining = deadline - _clock()
+        if remaining <= 0:
+            if timeout:
+                message += f" (waited {timeout:g}s)"
+            raise fail(message)
+        _sleep(min(interval, remaining))
+
+
+def assert_status(
+    context: Any,
+    fetch: Callable[[openstack.connection.Connection], Any],
+    *,
+    resource_type: str,
+    resource_id: str,
+    expected: str,
+    timeout: float = 0,
+    interval: float = DEFAULT_INTERVAL,
+    failure: Iterable[str] = (),
+    attribute: str = "status",
+    read: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
+    """Run :func:`wait_for_status` on a fresh connection: the body of every
+    ``assert_status`` action.
+
+    :param context: the action context passed to ``run()``.
+    :param fetch: callable taking the connection and returning the resource.
+    :param resource_type: human name of the resource, e.g. ``"volume"``.
+    :param resource_id: the resource's id, named in the messages.
+    :param expected: the status to reach.
+    :param timeout: seconds to wait; 0 checks once.
+    :param interval: seconds between two checks while waiting.
+    :param failure: statuses that fail immediately (unless expected).
+    :param attribute: the resource attribute holding the status.
+    :param read: optional callable extracting the status from the resource.
+    :returns: the resource as a dict (the action result).
+    :raises ActionException: see :func:`wait_for_status`.
+    """
+    check_wait_args(timeout, interval)
+    with connect(context) as conn:
+        resource = wait_for_status(
+            lambda: fetch(conn),
+            resource_type=resource_type,
+            resource_id=resource_id,
+            expected=expected,
+            timeout=timeout,
+            interval=interval,
+            failure=failure,
+            attribute=attribute,
+            read=read,
+        )
+        return as_dict(resource)
+
+
+def check_wait_args(timeout: Any, interval: Any) -> tuple[float, float]:
+    """Validate the ``timeout`` / ``interval`` inputs of an action.
+
+    :param timeout: seconds to wait, ``>= 0`` (``None`` means 0).
+    :param interval: seconds between checks, ``> 0`` (``None`` means the
+        default).
+    :returns: both as floats.
+    :raises ActionException: when a value is not a number or out of range.
+    """
+    try:
+        timeout = float(timeout or 0)
+        interval = float(DEFAULT_INTERVAL if interval is None else interval)
+    except (TypeError, ValueError):
+        raise fail(
+            f"timeout and interval must be numbers, got {timeout!r} and "
+            f"{interval!r}"
+        ) from None
+    if timeout < 0 or interval <= 0:
+        raise fail(
+            f"timeout must be >= 0 and interval > 0, got {timeout:g} and "
+            f"{interval:g}"
+        )
+    return timeout, interval
+
+
+def as_dict(resource: Any) -> dict[str, Any]:
+    """Return an SDK resource as a JSON-serialisable dict (action result).
+
+    :param resource: an :class:`openstack.resource.Resource`.
+    :returns: its body and header attributes, without computed ones.
+    """
+    return resource.to_dict(computed=False)

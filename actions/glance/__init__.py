@@ -1,0 +1,1 @@
+"""Glance (image) actions."""

@@ -1,0 +1,1 @@
+"""mistral-hotload: hot-loaded custom actions for OpenStack Mistral."""

@@ -1,0 +1,385 @@
+"""The probe's child side: import one module and describe what it exports.
+
+This module runs only in the probe's child processes (forked from a
+forkserver that preloaded it, so mistral-lib is imported once, not once per
+file). Nothing here runs in the daemon. Results go back as plain data.
+"""
+
+import ast
+import faulthandler
+import importlib
+import inspect
+import io
+import os
+import resource
+import signal
+import sys
+import tokenize
+import traceback
+from typing import Any
+
+from mistral_lib import actions as ml_actions
+from mistral_lib.utils import inspect_utils
+
+from hotload import loader
+
+TRACEBACK_LIMIT = 4000
+
+
+class ExitAtImport(BaseException):
+    """Raised in place of ``os._exit`` so the caller's line can be named."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _raise_exit_at_import(code: int = 0) -> None:
+    raise ExitAtImport(code)
+
+
+def _relative_path(root: str, filename: str | None) -> str | None:
+    if not filename:
+        return None
+    absolute = os.path.abspath(filename)
+    if absolute == root or absolute.startswith(root + os.sep):
+        return os.path.relpath(absolute, root)
+    return None
+
+
+def _location(root: str, exc: BaseException) -> tuple[str | None, int | None]:
+    """Innermost file:line inside the actions directory for ``exc``."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        path = _relative_path(root, exc.filename)
+        if path:
+            return path, exc.lineno
+    for frame, lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        path = _relative_path(root, frame.f_code.co_filename)
+        if path:
+            return path, lineno
+    return None, None
+
+
+def _short_traceback(root: str, exc: BaseException) -> str:
+    """The traceback's frames inside the actions directory, and the error.
+
+    Frames of the probe and of importlib say nothing to an action author.
+    """
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if _relative_path(root, frame.filename)]
+    lines = traceback.format_list(frames[-8:])
+    lines += traceback.format_exception_only(type(exc), exc)
+    return ''.join(lines)[-TRACEBACK_LIMIT:]
+
+
+def _error(kind: str, message: str, path: str | None, line: int | None,
+           tb: str = '') -> dict[str, Any]:
+    return {'kind': kind, 'message': message, 'path': path, 'line': line,
+            'traceback': tb}
+
+
+def _describe_exception(root: str, exc: BaseException, memory_limit: int,
+                        module_path: str) -> dict[str, Any]:
+    path, line = _location(root, exc)
+    path = path or module_path
+    if isinstance(exc, SyntaxError):
+        return _error('syntax', f'{type(exc).__name__}: {exc.msg}', path,
+                      line, _short_traceback(root, exc))
+    if isinstance(exc, ExitAtImport):
+        return _error('exit', f'os._exit({exc.code}) called at import', path,
+                      line)
+    if isinstance(exc, SystemExit):
+        return _error('exit', f'sys.exit({exc.code!r}) called at import',
+                      path, line)
+    if isinstance(exc, MemoryError):
+        return _error('memory', 'allocated more than the probe memory limit '
+                      f'({memory_limit // (1024 * 1024)} MiB) at import',
+                      path, line, _short_traceback(root, exc))
+    kind = 'import' if isinstance(exc, ImportError) else 'exception'
+    message = f'{type(exc).__name__}: {exc}'
+    return _error(kind, message, path, line, _short_traceback(root, exc))
+
+
+def _source_problem(source: bytes, path: str) -> dict[str, Any] | None:
+    """NUL bytes or undecodable text, with the line they are on."""
+    nul = source.find(b'\0')
+    if nul >= 0:
+        return _error('encoding', 'file contains a NUL byte (binary data or '
+                      'a file truncated mid-write?)', path,
+                      source.count(b'\n', 0, nul) + 1)
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
+        source.decode(encoding)
+    except SyntaxError as exc:
+        return _error('encoding', str(exc), path, None)
+    except UnicodeDecodeError as exc:
+        return _error('encoding', f'byte 0x{source[exc.start]:02x} is not '
+                      f'valid {encoding}; save the file as UTF-8', path,
+                      source.count(b'\n', 0, exc.start) + 1)
+    return None
+
+
+def _class_lines(tree: ast.Module) -> dict[str, int]:
+    lines: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            lines.setdefault(node.name, node.lineno)
+    return lines
+
+
+def _description(cls: type) -> str:
+    doc = cls.__dict__.get('__doc__')
+    if not isinstance(doc, str):
+        return ''
+    first_paragraph = inspect.cleandoc(doc).split('\n\n')[0]
+    return ' '.join(first_paragraph.split())
+
+
+def _input_spec(cls: type) -> str:
+    if cls.__init__ is object.__init__:
+        return ''
+    return inspect_utils.get_arg_list_as_str(cls.__init__)
+
+
+def _abstract_methods(cls: type) -> list[str]:
+    return sorted(name for name in dir(cls)
+                  if getattr(getattr(cls, name, None),
+                             '__isabstractmethod__', False))
+
+
+def _exports(module, module_path: str, tree: ast.Module):
+    """(exports, error) for the classes defined in ``module``."""
+    lines = _class_lines(tree)
+    exports = []
+    seen = set()
+    for obj in list(vars(module).values()):
+        if (not isinstance(obj, type) or obj.__module__ != module.__name__
+                or obj in seen):
+            continue
+        seen.add(obj)
+        name = obj.__name__
+        explicit = obj.__dict__.get('__export__')
+        is_action = issubclass(obj, ml_actions.Action)
+        if name.startswith('_') or explicit is False:
+            continue
+        if not is_action and explicit is not True:
+            continue
+        line = lines.get(name)
+        if not callable(getattr(obj, 'run', None)):
+            return None, _error(
+                'export', f'class {name} sets __export__ = True but has no '
+                'run() method', module_path, line)
+        abstract = _abstract_methods(obj)
+        if abstract:
+            return None, _error(
+                'export', f'class {name} is abstract: it does not implement '
+                f'{", ".join(m + "()" for m in abstract)}; implement it, or '
+                f'mark a base class __export__ = False or name it _{name}',
+                module_path, line)
+        declared = obj.__dict__.get('__action_name__')
+        if declared is not None and (not isinstance(declared, str)
+                                     or not declared.strip()):
+            return None, _error(
+                'export', f'class {name}: __action_name__ must be a '
+                'non-empty string', module_path, line)
+        try:
+            spec = _input_spec(obj)
+        except (TypeError, ValueError) as exc:
+            return None, _error(
+                'export', f'class {name}: cannot read the parameters of '
+                f'__init__: {exc}', module_path, line)
+        exports.append({'class_name': name, 'declared_name': declared,
+                        'input': spec, 'description': _description(obj),
+                        'line': line or 0})
+    return sorted(exports, key=lambda e: e['line']), None
+
+
+def _import_targets(module: str, is_package: bool, package_name: str,
+                    node: ast.AST) -> list[str]:
+    """In-tree module names an import statement may refer to."""
+    targets = []
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if alias.name == package_name or alias.name.startswith(
+                    package_name + '.'):
+                targets.append(alias.name[len(package_name) + 1:])
+        return [t for t in targets if t]
+    if not isinstance(node, ast.ImportFrom):
+        return targets
+    if node.level:
+        parts = module.split('.') if module else []
+        if not is_package:
+            parts = parts[:-1]
+        if node.level - 1 > len(parts):
+            return targets
+        parts = parts[:len(parts) - (node.level - 1)]
+        base = '.'.join(parts + ([node.module] if node.module else []))
+    elif node.module and (node.module == package_name
+                          or node.module.startswith(package_name + '.')):
+        base = node.module[len(package_name) + 1:]
+    else:
+        return targets
+    if base:
+        targets.append(base)
+    for alias in node.names:
+        targets.append(f'{base}.{alias.name}' if base else alias.name)
+    return targets
+
+
+def _static_imports(module: str, ref: loader.SourceRef, tree: ast.Module,
+                    package_name: str) -> list[tuple[str, int, bool]]:
+    """(target, line, at module level) for each in-tree import in ``tree``."""
+    found = []
+
+    def visit(node: ast.AST, top_level: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                for target in _import_targets(module, ref.is_package,
+                                              package_name, child):
+                    found.append((target, child.lineno, top_level))
+            nested = not isinstance(child, (ast.FunctionDef,
+                                            ast.AsyncFunctionDef, ast.Lambda))
+            visit(child, top_level and nested)
+
+    visit(tree, True)
+    return found
+
+
+def _find_cycle(start: str, edges: dict[str, list[tuple[str, int]]]):
+    """A module-level import cycle reachable from ``start``, or None."""
+    stack: list[tuple[str, int]] = []
+    on_stack: set[str] = set()
+    done: set[str] = set()
+
+    def visit(name: str, line: int):
+        stack.append((name, line))
+        on_stack.add(name)
+        for target, target_line in edges.get(name, []):
+            if target in on_stack:
+                names = [n for n, _ in stack]
+                return stack[names.index(target):] + [(target, target_line)]
+            if target not in done:
+                cycle = visit(target, target_line)
+                if cycle:
+                    return cycle
+        stack.pop()
+        on_stack.discard(name)
+        done.add(name)
+        return None
+
+    return visit(start, 0)
+
+
+def _cycle_error(cycle, sources, module: str) -> dict[str, Any]:
+    chain = ' -> '.join(name for name, _ in cycle)
+    first, _ = cycle[0]
+    _, line = cycle[1]
+    where = sources[first].path
+    if first == module:
+        message = f'circular in-tree import: {chain}'
+    else:
+        message = f'imports {first}, which is in a circular import: {chain}'
+    return _error('cycle', message + '; move the shared code to a module '
+                  'both import, or import inside a function', where, line)
+
+
+def _tree_facts(importer: loader.TreeImporter, package_name: str):
+    """Static imports of every module the importer served."""
+    imports: dict[str, str | None] = dict(importer.requested)
+    edges: dict[str, list[tuple[str, int]]] = {}
+    for name, sha in list(importer.requested.items()):
+        if sha is None:
+            continue
+        ref = importer.sources[name]
+        try:
+            tree = ast.parse(importer.read_source(sha))
+        except (SyntaxError, ValueError):
+            continue
+        for target, line, top_level in _static_imports(name, ref, tree,
+                                                       package_name):
+            target_ref = importer.sources.get(target)
+            if target_ref is None:
+                continue
+            if target_ref.sha256 is not None:
+                imports.setdefault(target, target_ref.sha256)
+            if top_level and target != name:
+                edges.setdefault(name, []).append((target, line))
+    return imports, edges
+
+
+def _probe(request: dict[str, Any]) -> dict[str, Any]:
+    root = request['root']
+    package_name = request['package_name']
+    module = request['module']
+    sources = {name: loader.SourceRef(*ref)
+               for name, ref in request['sources'].items()}
+    ref = sources[module]
+    blob_dir = request['blob_dir']
+
+    def read_source(sha: str) -> bytes:
+        with open(os.path.join(blob_dir, sha[:2], sha), 'rb') as stream:
+            return stream.read()
+
+    source = read_source(ref.sha256)
+    problem = _source_problem(source, ref.path)
+    if problem:
+        return {'error': problem, 'imports': {}}
+    try:
+        tree = ast.parse(source, filename=os.path.join(root, ref.path))
+    except SyntaxError as exc:
+        return {'error': _describe_exception(
+            root, exc, request['memory_limit'], ref.path), 'imports': {}}
+
+    importer = loader.TreeImporter(package_name, root, sources, read_source)
+    importer.install()
+    fullname = f'{package_name}.{module}'
+    real_exit = os._exit
+    os._exit = _raise_exit_at_import
+    try:
+        imported = importlib.import_module(fullname)
+    except BaseException as exc:  # noqa: B036 - any failure is the report
+        os._exit = real_exit
+        imports, _ = _tree_facts(importer, package_name)
+        return {'error': _describe_exception(
+            root, exc, request['memory_limit'], ref.path), 'imports': imports}
+    finally:
+        os._exit = real_exit
+    imports, edges = _tree_facts(importer, package_name)
+    imports.pop(module, None)
+    cycle = _find_cycle(module, edges)
+    if cycle:
+        return {'error': _cycle_error(cycle, sources, module),
+                'imports': imports}
+    exports, error = _exports(imported, ref.path, tree)
+    return {'error': error, 'exports': exports, 'imports': imports}
+
+
+def run(connection, request: dict[str, Any]) -> None:
+    """Entry point of a probe child process.
+
+    :param connection: Write end of the pipe to the parent.
+    :param request: What to probe; see :meth:`hotload.probe.Probe.probe`.
+    """
+    limit = request['memory_limit']
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    output = os.open(request['output_path'], os.O_WRONLY | os.O_APPEND)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    sys.stdout = open(1, 'w', closefd=False)
+    sys.stderr = open(2, 'w', closefd=False)
+    # On timeout the parent sends SIGUSR1 first: the stack dump tells
+    # which line the import is stuck on.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=False)
+    try:
+        result = _probe(request)
+    except MemoryError:
+        result = {'error': _error(
+            'memory', 'allocated more than the probe memory limit at import',
+            request['sources'][request['module']][0], None), 'imports': {}}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    connection.send(result)
+    connection.close()

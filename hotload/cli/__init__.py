@@ -1,0 +1,1 @@
+"""The ``mistral-hotload`` command line (cliff)."""

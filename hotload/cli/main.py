@@ -1,0 +1,64 @@
+"""``mistral-hotload``: inspect and operate hot-loaded Mistral actions."""
+
+import sys
+
+from cliff import app
+from cliff import commandmanager
+
+from hotload import conf as hotload_conf
+
+DESCRIPTION = """\
+Inspect and operate mistral-hotload: check action modules before you deploy
+them, list what a directory exports, and print its catalog.
+
+Exit status: 0 when all is well, 1 when a checked file has an error.
+"""
+
+
+class HotloadApp(app.App):
+    """The cliff application; commands come from ``mistral_hotload.cli``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            description=DESCRIPTION,
+            version=_version(),
+            command_manager=commandmanager.CommandManager(
+                'mistral_hotload.cli'),
+            deferred_help=True)
+        self.conf = None
+
+    def build_option_parser(self, description, version, argparse_kwargs=None):
+        parser = super().build_option_parser(description, version,
+                                             argparse_kwargs)
+        parser.add_argument(
+            '--config-file', action='append', dest='config_files',
+            metavar='PATH',
+            help='Configuration file with a [hotload] section; repeat to '
+                 'read several (later ones win). Default: '
+                 + ', '.join(hotload_conf.DEFAULT_CONFIG_FILES)
+                 + ' when it exists.')
+        return parser
+
+    def initialize_app(self, argv) -> None:
+        self.conf = hotload_conf.load(self.options.config_files)
+
+    def run(self, argv: list[str]) -> int:
+        # Scripts and monitoring call this tool; an interactive shell on
+        # an empty command line would hang them.
+        return super().run(argv or ['help'])
+
+
+def _version() -> str:
+    try:
+        from importlib import metadata
+        return metadata.version('mistral-hotload')
+    except Exception:
+        return 'unknown'
+
+
+def main(argv: list[str] | None = None) -> int:
+    return HotloadApp().run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

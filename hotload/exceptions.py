@@ -1,0 +1,25 @@
+"""Errors raised by mistral-hotload, in one place."""
+
+
+class HotloadError(Exception):
+    """Base class of every error raised by mistral-hotload."""
+
+
+class ManifestError(HotloadError):
+    """A manifest on disk is missing, unreadable or of an unknown schema."""
+
+
+class BlobError(HotloadError):
+    """A blob is missing from the store or does not match its hash."""
+
+
+class StateLockedError(HotloadError):
+    """Another process holds the state directory's writer lock."""
+
+
+class UntrustedRootError(HotloadError):
+    """The actions directory itself fails the trust rules.
+
+    Nothing under it can be loaded, so a scan stops instead of reporting
+    every file.
+    """

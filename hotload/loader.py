@@ -1,0 +1,116 @@
+"""Import the actions directory as a package, from hashed sources.
+
+The directory is mounted under ``package_name``: ``cinder/backups.py`` is
+the module ``<package_name>.cinder.backups``, and modules import each other
+absolutely or relatively, as in any package. Sources are not read from the
+directory but from a *snapshot*: module name to the sha256 of the content
+that was hashed and checked, read through a callback (the blob store). So
+what is imported is exactly what was validated, even if the file changes a
+millisecond later, and nothing that failed the trust rules can be imported
+by a sibling.
+"""
+
+import dataclasses
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from collections.abc import Callable, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRef:
+    """Where a module of the snapshot comes from.
+
+    :param path: File relative to the actions directory; for a directory
+        without ``__init__.py`` the directory itself.
+    :param sha256: The content's hash, or None for such a directory (a
+        namespace package, which has no code).
+    :param is_package: True for ``__init__.py`` files and directories.
+    """
+
+    path: str
+    sha256: str | None
+    is_package: bool
+
+
+class TreeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finder and loader for one snapshot of the actions directory.
+
+    :param package_name: Import name the directory is mounted as.
+    :param root: Absolute path of the directory; only used for file names in
+        tracebacks and ``__file__``.
+    :param sources: Module name inside the package (``''`` is the package
+        itself and need not be given) to its :class:`SourceRef`.
+    :param read_source: Returns the bytes for a sha256.
+    """
+
+    def __init__(self, package_name: str, root: str,
+                 sources: Mapping[str, SourceRef],
+                 read_source: Callable[[str], bytes]) -> None:
+        self.package_name = package_name
+        self.root = root
+        self.sources = dict(sources)
+        self.sources.setdefault('', SourceRef('', None, True))
+        self.read_source = read_source
+        #: Every in-tree module asked for, found (its sha256) or not (None).
+        self.requested: dict[str, str | None] = {}
+
+    def relative_name(self, fullname: str) -> str | None:
+        if fullname == self.package_name:
+            return ''
+        if fullname.startswith(self.package_name + '.'):
+            return fullname[len(self.package_name) + 1:]
+        return None
+
+    def install(self) -> None:
+        sys.meta_path.insert(0, self)
+
+    def uninstall(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for name in [n for n in sys.modules
+                     if self.relative_name(n) is not None]:
+            del sys.modules[name]
+
+    # importlib.abc.MetaPathFinder
+    def find_spec(self, fullname, path=None, target=None):
+        name = self.relative_name(fullname)
+        if name is None:
+            return None
+        ref = self.sources.get(name)
+        if name:
+            self.requested[name] = ref.sha256 if ref else None
+        if ref is None:
+            # Answer for the whole package: no other finder may look for
+            # an in-tree name on disk, where unchecked files are.
+            raise ModuleNotFoundError(
+                f'No module named {fullname!r} in the actions directory',
+                name=fullname)
+        origin = os.path.join(self.root, ref.path) if ref.path else self.root
+        spec = importlib.machinery.ModuleSpec(
+            fullname, self, origin=origin, is_package=ref.is_package)
+        if ref.is_package:
+            # Empty search path: submodules are found by this finder only.
+            spec.submodule_search_locations = []
+        spec.has_location = ref.sha256 is not None
+        return spec
+
+    # importlib.abc.Loader
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module) -> None:
+        ref = self.sources[self.relative_name(module.__name__)]
+        if ref.sha256 is None:
+            return
+        code = compile(self.read_source(ref.sha256), module.__spec__.origin,
+                       'exec', dont_inherit=True)
+        exec(code, module.__dict__)
+
+    def get_source(self, fullname: str) -> str | None:
+        """Source for tracebacks (linecache asks loaders for it)."""
+        ref = self.sources.get(self.relative_name(fullname) or '')
+        if ref is None or ref.sha256 is None:
+            return None
+        return self.read_source(ref.sha256).decode('utf-8', 'replace')
