@@ -128,11 +128,18 @@ def _class_lines(tree: ast.Module) -> dict[str, int]:
 
 
 def _description(cls: type) -> str:
+    """First paragraph of the class's own docstring, on one line."""
     doc = cls.__dict__.get('__doc__')
     if not isinstance(doc, str):
         return ''
-    first_paragraph = inspect.cleandoc(doc).split('\n\n')[0]
-    return ' '.join(first_paragraph.split())
+    summary = []
+    for line in inspect.cleandoc(doc).splitlines():
+        # A summary ends at a blank line or where the reST fields begin
+        # (":param x:" right under the summary, as the seed wrote them).
+        if not line.strip() or line.lstrip().startswith(':'):
+            break
+        summary.append(line.strip())
+    return ' '.join(summary)
 
 
 def _input_spec(cls: type) -> str:
@@ -337,7 +344,7 @@ def _probe(request: dict[str, Any]) -> dict[str, Any]:
     os._exit = _raise_exit_at_import
     try:
         imported = importlib.import_module(fullname)
-    except BaseException as exc:  # noqa: B036 - any failure is the report
+    except BaseException as exc:  # noqa: BLE001 - any failure is the report
         os._exit = real_exit
         imports, _ = _tree_facts(importer, package_name)
         return {'error': _describe_exception(

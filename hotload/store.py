@@ -161,6 +161,9 @@ class ManifestStore:
             return None
         return manifest_mod.Manifest.from_json(data, self.current_path)
 
+    def _generation_path(self, number: int) -> str:
+        return os.path.join(self.generations_dir, f'{number:010d}.json')
+
     def generation_numbers(self) -> list[int]:
         """Generations with a file on disk, oldest first."""
         try:
@@ -185,8 +188,7 @@ class ManifestStore:
     def publish(self, manifest: manifest_mod.Manifest) -> None:
         """Make ``manifest`` the current generation, atomically."""
         self.ensure()
-        generation_path = os.path.join(
-            self.generations_dir, f'{manifest.generation:010d}.json')
+        generation_path = self._generation_path(manifest.generation)
         _atomic_write(generation_path, manifest.to_json())
         link = os.path.join(self.state_dir, f'.tmp-current-{os.getpid()}')
         with contextlib.suppress(FileNotFoundError):
@@ -222,10 +224,10 @@ class ManifestStore:
         """
         numbers = self.generation_numbers()
         for number in numbers[:-keep]:
-            os.unlink(os.path.join(self.generations_dir, f'{number:010d}.json'))
+            os.unlink(self._generation_path(number))
         referenced: set[str] = set()
         for number in numbers[-keep:]:
-            path = os.path.join(self.generations_dir, f'{number:010d}.json')
+            path = self._generation_path(number)
             with open(path, 'rb') as stream:
                 kept = manifest_mod.Manifest.from_json(stream.read(), path)
             for module in kept.modules.values():

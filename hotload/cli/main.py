@@ -2,6 +2,7 @@
 
 import sys
 
+import importlib_metadata
 from cliff import app
 from cliff import commandmanager
 
@@ -50,9 +51,8 @@ class HotloadApp(app.App):
 
 def _version() -> str:
     try:
-        from importlib import metadata
-        return metadata.version('mistral-hotload')
-    except Exception:
+        return importlib_metadata.version('mistral-hotload')
+    except importlib_metadata.PackageNotFoundError:
         return 'unknown'
 
 

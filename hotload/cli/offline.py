@@ -9,7 +9,6 @@ on any error. ``discover`` and ``catalog`` are the seed tool's
 import argparse
 import contextlib
 import os
-import sys
 import tempfile
 
 from cliff import command
@@ -86,17 +85,22 @@ class _OfflineCommand:
                  'the daemon always checks them.')
 
     def scan_dir(self, directory: str, parsed_args) -> manifest.Manifest:
+        if not os.path.isdir(directory):
+            raise SystemExitError(f'{directory}: not a directory')
         try:
             return scan_offline(os.path.abspath(directory), self.app.conf,
                                 parsed_args)
         except exceptions.UntrustedRootError as exc:
             raise SystemExitError(str(exc)) from None
 
-    def report_errors(self, found: manifest.Manifest) -> int:
+    def report_errors(self, directory: str, found: manifest.Manifest) -> int:
+        """Write every error to stderr as ``file:line: kind: message``."""
         errors = found.errors()
         for _module, error in errors:
-            self.app.stderr.write(
-                f'{error.location()}: {error.kind}: {error.message}\n')
+            where = os.path.relpath(os.path.join(directory, error.path))
+            if error.line:
+                where += f':{error.line}'
+            self.app.stderr.write(f'{where}: {error.kind}: {error.message}\n')
         return len(errors)
 
 
@@ -176,7 +180,7 @@ class Discover(_OfflineCommand, lister.Lister):
     def take_action(self, parsed_args):
         directory = parsed_args.directory or self.app.conf.hotload.actions_dir
         found = self.scan_dir(directory, parsed_args)
-        self.failed = bool(self.report_errors(found))
+        self.failed = bool(self.report_errors(directory, found))
         columns = ('name', 'description', 'input_str')
         if parsed_args.long:
             columns += ('module', 'file', 'line')
@@ -216,12 +220,9 @@ class Catalog(_OfflineCommand, command.Command):
         for action, _module in found.actions():
             cells = (action.name, action.input, action.description)
             out.write('|' + '|'.join(_cell(c) for c in cells) + '|\n')
-        return 1 if self.report_errors(found) else 0
+        return 1 if self.report_errors(directory, found) else 0
 
 
 def _cell(text: str) -> str:
     return text.replace('|', '\\|').replace('\n', ' ')
 
-
-if __name__ == '__main__':
-    sys.exit('use the mistral-hotload command')
