@@ -41,9 +41,10 @@ and the ``public`` interface (:data:`INTERFACE`).
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Any
 
 import openstack.connection
@@ -54,13 +55,11 @@ from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import access as access_plugin
 from mistral_lib import exceptions as ml_exceptions
 
-LOG = logging.getLogger(__name__)
-
 #: Catalog interface used to reach the services.
 INTERFACE = "public"
 
 #: Default seconds between two status checks when waiting.
-DEFAULT_INTERVAL = 5.0
+DEFAULT_INTERVAL = 5
 
 # Indirections so tests can drive the wait loop with a fake clock.
 _clock: Callable[[], float] = time.monotonic
@@ -145,9 +144,11 @@ def keystone_url(sec: Any) -> str | None:
 def _mistral_auth_uri() -> str | None:
     try:
         from oslo_config import cfg
-
+    except ImportError:
+        return None
+    try:
         return cfg.CONF.keystone_authtoken.www_authenticate_uri or None
-    except Exception:  # not inside Mistral, option not registered, ...
+    except (cfg.Error, AttributeError):  # not inside Mistral: no such option
         return None
 
 
@@ -168,7 +169,9 @@ def token_body(sec: Any) -> dict[str, Any] | None:
         catalog = catalog["token"]
     if isinstance(catalog, list):
         token = {"catalog": catalog}
-    elif isinstance(catalog, dict) and isinstance(catalog.get("catalog"), list):
+    elif isinstance(catalog, dict) and isinstance(
+        catalog.get("catalog"), list
+    ):
         token = dict(catalog)
     else:
         return None
@@ -196,9 +199,15 @@ def _validate_token(
     try:
         resp = session.get(url, headers=headers, authenticated=False)
     except ks_exceptions.HttpError as exc:
+        if exc.http_status in (401, 403, 404):
+            raise fail(
+                f"Keystone at {auth_url} refused the workflow's token "
+                f"(HTTP {exc.http_status}); it may have expired or been "
+                "revoked"
+            ) from None
         raise fail(
-            f"Keystone at {auth_url} refused the workflow's token "
-            f"(HTTP {exc.http_status}); it may have expired"
+            f"Keystone at {auth_url} answered HTTP {exc.http_status} when "
+            "validating the workflow's token"
         ) from None
     except ks_exceptions.ClientException as exc:
         raise fail(f"cannot reach Keystone at {auth_url}: {exc}") from None
@@ -221,24 +230,47 @@ def v3_url(auth_url: str) -> str:
 
 
 @contextlib.contextmanager
-def api_errors(resource_type: str, resource_id: str | None = None) -> Iterator[None]:
+def api_errors(
+    resource_type: str, resource_id: str | None = None
+) -> Iterator[None]:
     """Turn SDK / Keystone errors raised in the block into ActionException.
 
     :param resource_type: human name of the resource, e.g. ``"volume"``.
     :param resource_id: its id when there is one; named in the message.
     :raises ActionException: "<type> '<id>' not found" for HTTP 404, else
-        "<type> '<id>': <API error>".
+        "<type> '<id>': HTTP <code> from <request>: <service's message>", or
+        the SDK / keystoneauth message for errors without a response.
     """
     what = f"{resource_type} {resource_id!r}" if resource_id else resource_type
     try:
         yield
     except openstack.exceptions.NotFoundException:
         raise fail(f"{what} not found") from None
+    except openstack.exceptions.HttpException as exc:
+        raise fail(f"{what}: {describe_http_error(exc)}") from None
     except (
         openstack.exceptions.SDKException,
         ks_exceptions.ClientException,
     ) as exc:
         raise fail(f"{what}: {exc}") from None
+
+
+def describe_http_error(exc: openstack.exceptions.HttpException) -> str:
+    """Describe an HTTP error answered by a service, for an error message.
+
+    :param exc: the SDK exception.
+    :returns: e.g. ``HTTP 400 from POST https://...: Invalid volume: ...
+        (request id req-...)``.
+    """
+    text = f"HTTP {exc.status_code}"
+    if exc.method and exc.url:
+        text += f" from {exc.method} {exc.url}"
+    details = str(exc.details or "").strip()
+    if details:
+        text += f": {details}"
+    if exc.request_id:
+        text += f" (request id {exc.request_id})"
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -294,6 +326,9 @@ def wait_for_status(
             return resource
         message = (
             f"{resource_type} {resource_id!r} is in {attribute} {actual!r}, "
+            f"expected {expected!r}"
+            if actual is not None
+            else f"{resource_type} {resource_id!r} reports no {attribute}, "
             f"expected {expected!r}"
         )
         if actual is not None and str(actual).lower() in failed:
