@@ -8,8 +8,10 @@ file). Nothing here runs in the daemon. Results go back as plain data.
 import ast
 import faulthandler
 import importlib
+import importlib.machinery
 import inspect
 import io
+import json
 import os
 import resource
 import signal
@@ -24,6 +26,26 @@ from mistral_lib.utils import inspect_utils
 from hotload import loader
 
 TRACEBACK_LIMIT = 4000
+PARENT_MAIN_ENV = 'HOTLOAD_PROBE_PARENT_MAIN'
+
+
+def _pose_as_parent_main() -> None:
+    """In the forkserver: make ``__main__`` look like the parent's.
+
+    multiprocessing then skips re-running the parent's main module in
+    every child (see ``hotload.probe._forkserver_context``).
+    """
+    info = json.loads(os.environ.pop(PARENT_MAIN_ENV, 'null') or 'null')
+    main = sys.modules.get('__main__')
+    if not info or main is None or getattr(main, '__file__', None):
+        return
+    if info.get('file'):
+        main.__file__ = info['file']
+    if info.get('name'):
+        main.__spec__ = importlib.machinery.ModuleSpec(info['name'], None)
+
+
+_pose_as_parent_main()
 
 
 class ExitAtImport(BaseException):

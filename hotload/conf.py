@@ -72,6 +72,18 @@ hotload_opts = [
         default=['std.'],
         help='Action name prefixes a hot action may never take, so that it '
              'cannot shadow actions Mistral ships.'),
+    cfg.StrOpt(
+        'signal_topic',
+        default='mistral_hotload',
+        help='oslo.messaging topic the daemon signals new generations on '
+             'and every provider listens to.'),
+    cfg.FloatOpt(
+        'debounce_interval',
+        default=0.05,
+        min=0.0,
+        help='Seconds the daemon waits after a file system event for more '
+             'before it scans, so that a burst (an editor save, a cp -r) '
+             'is one scan.'),
     cfg.IntOpt(
         'keep_generations',
         default=10,

@@ -10,6 +10,7 @@ millisecond later, and nothing that failed the trust rules can be imported
 by a sibling.
 """
 
+import builtins
 import dataclasses
 import importlib.abc
 import importlib.machinery
@@ -44,24 +45,41 @@ class TreeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     :param sources: Module name inside the package (``''`` is the package
         itself and need not be given) to its :class:`SourceRef`.
     :param read_source: Returns the bytes for a sha256.
+    :param mount_name: Import name the snapshot is mounted under, when it
+        is not ``package_name``: several versions of one tree can then live
+        in one process, each under its own name, and absolute imports of
+        ``package_name`` in their code are redirected to their own mount.
     """
 
     def __init__(self, package_name: str, root: str,
                  sources: Mapping[str, SourceRef],
-                 read_source: Callable[[str], bytes]) -> None:
+                 read_source: Callable[[str], bytes],
+                 mount_name: str | None = None) -> None:
         self.package_name = package_name
+        self.mount_name = mount_name or package_name
         self.root = root
         self.sources = dict(sources)
         self.sources.setdefault('', SourceRef('', None, True))
         self.read_source = read_source
         #: Every in-tree module asked for, found (its sha256) or not (None).
         self.requested: dict[str, str | None] = {}
+        self._builtins = None
+        if self.mount_name != package_name:
+            self._builtins = dict(vars(builtins),
+                                  __import__=self._redirecting_import)
+
+    def _redirecting_import(self, name, globals=None, locals=None,
+                            fromlist=(), level=0):
+        if level == 0 and (name == self.package_name
+                           or name.startswith(self.package_name + '.')):
+            name = self.mount_name + name[len(self.package_name):]
+        return builtins.__import__(name, globals, locals, fromlist, level)
 
     def relative_name(self, fullname: str) -> str | None:
-        if fullname == self.package_name:
+        if fullname == self.mount_name:
             return ''
-        if fullname.startswith(self.package_name + '.'):
-            return fullname[len(self.package_name) + 1:]
+        if fullname.startswith(self.mount_name + '.'):
+            return fullname[len(self.mount_name) + 1:]
         return None
 
     def install(self) -> None:
@@ -108,6 +126,10 @@ class TreeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return
         code = compile(self.read_source(ref.sha256), module.__spec__.origin,
                        'exec', dont_inherit=True)
+        if self._builtins is not None:
+            # Functions take their builtins from the module's globals, so
+            # imports at run time are redirected too.
+            module.__dict__['__builtins__'] = self._builtins
         # Running module code is this loader's purpose; callers only hand
         # it sources that passed the trust rules.
         exec(code, module.__dict__)  # noqa: S102
@@ -118,3 +140,30 @@ class TreeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if ref is None or ref.sha256 is None:
             return None
         return self.read_source(ref.sha256).decode('utf-8', 'replace')
+
+
+def version_sources(module: str, sha256: str,
+                    imports: Mapping[str, str | None],
+                    packages: tuple[str, ...]) -> dict[str, SourceRef]:
+    """The snapshot of exactly one validated module version.
+
+    The module itself and the in-tree modules it was validated with, at
+    their recorded hashes; directories on the way that are not packages
+    become namespace packages. Paths follow from names, as in the tree.
+    """
+    def ref(name: str, sha: str) -> SourceRef:
+        is_package = name in packages
+        path = name.replace('.', os.sep)
+        path = os.path.join(path, '__init__.py') if is_package else \
+            path + '.py'
+        return SourceRef(path, sha, is_package)
+
+    sources = {name: ref(name, sha) for name, sha in imports.items() if sha}
+    sources[module] = ref(module, sha256)
+    for name in list(sources):
+        parts = name.split('.')
+        for depth in range(1, len(parts)):
+            parent = '.'.join(parts[:depth])
+            sources.setdefault(parent, SourceRef(
+                parent.replace('.', os.sep), None, True))
+    return sources

@@ -17,6 +17,7 @@ knows its shape. It is stored as one JSON document::
             "sha256": "<hex>",
             "imports": {"common": "<hex>"},
             "content_key": "<hex>",
+            "packages": [],
             "actions": [
               {"name": "hotload.cinder.backups.create",
                "class_name": "Create", "declared_name": null,
@@ -84,12 +85,16 @@ class ModuleVersion:
         validated with; None for a module it tried to import that was absent.
     :param content_key: See :func:`content_key`.
     :param actions: The actions this version exports.
+    :param packages: Which of the module and its imports are packages
+        (``__init__.py``), so a process can mount exactly this code with
+        relative imports resolving as they did when it was validated.
     """
 
     sha256: str
     imports: dict[str, str | None]
     content_key: str
     actions: tuple[ActionSpec, ...]
+    packages: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +259,7 @@ def _record_to_dict(record: ModuleRecord) -> dict[str, Any]:
     if record.good:
         good = dataclasses.asdict(record.good)
         good['actions'] = [dataclasses.asdict(a) for a in record.good.actions]
+        good['packages'] = list(record.good.packages)
     error = dataclasses.asdict(record.error) if record.error else None
     return {'path': record.path, 'good': good, 'error': error}
 
@@ -269,6 +275,7 @@ def _record_from_dict(name: str, data: dict[str, Any]) -> ModuleRecord:
             imports=dict(good['imports']),
             content_key=good['content_key'],
             actions=tuple(ActionSpec(**a) for a in good['actions']),
+            packages=tuple(good['packages']),
         ) if good else None,
         error=ModuleError(**error) if error else None,
     )

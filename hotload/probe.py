@@ -14,15 +14,18 @@ module, so nothing one module does at import leaks into another's probe.
 
 import contextlib
 import dataclasses
+import json
 import multiprocessing
 import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping
 
+from hotload import _probe_child
 from hotload import loader
 from hotload import manifest
 
@@ -39,13 +42,19 @@ def _forkserver_context():
     global _context
     with _context_lock:
         if _context is None:
+            # Every forkserver child re-runs the parent's main module unless
+            # the forkserver's own __main__ looks like it (CPython 3.11
+            # never passes the main path to the forkserver, so its
+            # '__main__' preload does nothing). For a console script that
+            # is a few hundred ms of imports per probe. Tell the
+            # preloaded child module what the parent's main is.
+            main = sys.modules.get('__main__')
+            os.environ[_probe_child.PARENT_MAIN_ENV] = json.dumps({
+                'file': getattr(main, '__file__', None),
+                'name': getattr(getattr(main, '__spec__', None), 'name',
+                                None)})
             _context = multiprocessing.get_context('forkserver')
-            # '__main__' makes the forkserver import the main script once,
-            # instead of every child re-running it (multiprocessing's
-            # default when the main module is a file, like a console
-            # script); console scripts only define functions at import.
-            _context.set_forkserver_preload(['__main__',
-                                             'hotload._probe_child'])
+            _context.set_forkserver_preload(['hotload._probe_child'])
         return _context
 
 
@@ -77,6 +86,7 @@ class ProbeResult:
         seen (None: tried but absent).
     :param error: Why the module cannot be served, or None.
     :param output: What the module printed at import (truncated).
+    :param packages: Which of the module and its imports are packages.
     """
 
     module: str
@@ -84,6 +94,7 @@ class ProbeResult:
     imports: dict[str, str | None]
     error: manifest.ModuleError | None
     output: str = ''
+    packages: tuple[str, ...] = ()
 
 
 class Probe:
@@ -174,8 +185,12 @@ class Probe:
                 path=raw['path'] or path, line=raw['line'],
                 traceback=raw['traceback'])
         exports = tuple(Export(**e) for e in result.get('exports') or ())
-        return ProbeResult(module, exports, dict(result.get('imports', {})),
-                           error, output[-OUTPUT_LIMIT:])
+        imports = dict(result.get('imports', {}))
+        packages = tuple(sorted(
+            name for name in [module, *imports]
+            if name in sources and sources[name].is_package))
+        return ProbeResult(module, exports, imports, error,
+                           output[-OUTPUT_LIMIT:], packages)
 
     def _location_in_stack(self, output: str) -> tuple[str | None, int | None]:
         # faulthandler prints the innermost frame first.
@@ -210,6 +225,4 @@ class Probe:
 
 
 def _child_main(connection, request) -> None:
-    # Resolved in the child, where the forkserver already imported it.
-    from hotload import _probe_child
     _probe_child.run(connection, request)

@@ -279,7 +279,7 @@ class Scanner:
         return manifest.ModuleVersion(
             sha256=sha, imports=result.imports,
             content_key=manifest.content_key(sha, result.imports),
-            actions=actions)
+            actions=actions, packages=result.packages)
 
     def _renamed(self, version: manifest.ModuleVersion | None,
                  module: str) -> manifest.ModuleVersion | None:

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 
 from hotload import exceptions
@@ -28,6 +29,8 @@ CURRENT = 'manifest.json'
 GENERATIONS = 'generations'
 BLOBS = 'blobs'
 LOCK = 'lock'
+STATUS = 'daemon.json'
+LOCK_POLL_INTERVAL = 0.1
 
 
 def sha256_hex(data: bytes) -> str:
@@ -42,7 +45,8 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``; readers see the old or new file."""
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
     try:
@@ -77,7 +81,7 @@ class BlobStore:
         path = self.path(sha)
         if not os.path.exists(path):
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            _atomic_write(path, data, mode=0o444)
+            atomic_write(path, data, mode=0o444)
         return sha
 
     def get(self, sha256: str) -> bytes:
@@ -123,6 +127,7 @@ class ManifestStore:
         self.current_path = os.path.join(state_dir, CURRENT)
         self.generations_dir = os.path.join(state_dir, GENERATIONS)
         self.blobs = BlobStore(state_dir)
+        self.status_path = os.path.join(state_dir, STATUS)
 
     def ensure(self) -> None:
         """Create the directory layout (the writer calls this)."""
@@ -130,21 +135,28 @@ class ManifestStore:
         os.makedirs(self.blobs.root, mode=0o755, exist_ok=True)
 
     @contextlib.contextmanager
-    def writer_lock(self) -> Iterator[None]:
+    def writer_lock(self, timeout: float = 0.0) -> Iterator[None]:
         """Hold the state directory's single-writer lock.
 
-        :raises StateLockedError: when another process holds it.
+        :param timeout: Seconds to wait for a previous holder to go (a
+            daemon being restarted), polling.
+        :raises StateLockedError: when another process still holds it.
         """
         self.ensure()
         fd = os.open(os.path.join(self.state_dir, LOCK),
-                     os.O_RDWR | os.O_CREAT, 0o644)
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + timeout
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise exceptions.StateLockedError(
-                    f'another mistral-hotload daemon writes to '
-                    f'{self.state_dir}') from None
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise exceptions.StateLockedError(
+                            f'another mistral-hotload daemon writes to '
+                            f'{self.state_dir}') from None
+                    time.sleep(LOCK_POLL_INTERVAL)
             yield
         finally:
             os.close(fd)
@@ -189,7 +201,7 @@ class ManifestStore:
         """Make ``manifest`` the current generation, atomically."""
         self.ensure()
         generation_path = self._generation_path(manifest.generation)
-        _atomic_write(generation_path, manifest.to_json())
+        atomic_write(generation_path, manifest.to_json())
         link = os.path.join(self.state_dir, f'.tmp-current-{os.getpid()}')
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link)

@@ -1,0 +1,408 @@
+"""The action provider that Mistral loads in its API, engine and executor.
+
+Registered in the entry point group ``mistral.action.providers`` as
+``hotload``. It serves the action table of the newest manifest generation:
+
+* ``find()`` and ``find_all()`` answer from an in-memory table. Before
+  answering they compare one ``stat`` of ``manifest.json`` with the one the
+  table was built from (no read), so a generation the daemon published is
+  seen by the next call on the node even when no signal arrived. A new
+  table is swapped in by one reference assignment; readers take no lock.
+* Descriptors need no user code: names, descriptions and parameters come
+  from the manifest, so the API process never imports an action module.
+* ``instantiate()`` (in the engine) loads the class of exactly the version
+  the table names, mounted under its content key, and wraps the action in
+  :class:`HotloadAction`. Its serializer sends the content key with the
+  action, and the executor loads that same content from the blob store
+  (checking every hash), whatever generation its own table is at. If the
+  content cannot be had, the action fails with an error naming the action,
+  the key and the host; another version is never run instead.
+* Module versions are cached by content key: an unchanged module is loaded
+  once per process; versions the table no longer names are dropped from
+  the cache (actions in flight keep their classes alive until they end).
+"""
+
+import dataclasses
+import importlib
+import inspect
+import os
+import socket
+import sys
+import threading
+from typing import Any
+
+from mistral_lib import actions as ml_actions
+from mistral_lib import serialization
+from mistral_lib.actions.providers import base as providers_base
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from hotload import conf as hotload_conf
+from hotload import exceptions
+from hotload import loader
+from hotload import manifest as manifest_mod
+from hotload import signals
+from hotload import store
+
+LOG = logging.getLogger(__name__)
+MOUNT_PREFIX = '_hotload_'
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionRef:
+    """Everything an executor needs to run exactly the chosen version.
+
+    :param name: The action's name.
+    :param module: Module name inside the package.
+    :param class_name: Class name in the module.
+    :param sha256: Hash of the module's source.
+    :param imports: In-tree imports and their hashes, as in the manifest.
+    :param packages: Which of those are packages.
+    :param content_key: Key of module plus imports.
+    :param package_name: Import name the tree was validated under.
+    """
+
+    name: str
+    module: str
+    class_name: str
+    sha256: str
+    imports: dict[str, str | None]
+    packages: tuple[str, ...]
+    content_key: str
+    package_name: str
+
+    @classmethod
+    def of(cls, action: manifest_mod.ActionSpec,
+           record: manifest_mod.ModuleRecord,
+           package_name: str) -> 'ActionRef':
+        good = record.good
+        return cls(action.name, record.name, action.class_name, good.sha256,
+                   dict(good.imports), tuple(good.packages), good.content_key,
+                   package_name)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data['packages'] = list(self.packages)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> 'ActionRef':
+        return cls(**dict(data, packages=tuple(data['packages'])))
+
+
+class VersionCache:
+    """Action classes loaded by content key, each version under its mount.
+
+    :param blobs: The blob store sources are read from (hash-checked).
+    :param root: The actions directory, for file names in tracebacks.
+    """
+
+    def __init__(self, blobs: store.BlobStore, root: str) -> None:
+        self.blobs = blobs
+        self.root = root
+        self._importers: dict[str, loader.TreeImporter] = {}
+        self._lock = threading.Lock()
+        self._router = _MountRouter(self._importers)
+        sys.meta_path.insert(0, self._router)
+
+    def action_class(self, ref: ActionRef) -> type:
+        """The class ``ref`` names, loading its version if needed.
+
+        :raises BlobError: when the content is missing or does not match
+            its hashes.
+        """
+        if manifest_mod.content_key(ref.sha256, ref.imports) != \
+                ref.content_key:
+            raise exceptions.BlobError(
+                f'content key {ref.content_key} does not match the hashes '
+                f'sent with action {ref.name}')
+        mount = MOUNT_PREFIX + ref.content_key
+        with self._lock:
+            if mount not in self._importers:
+                self._importers[mount] = loader.TreeImporter(
+                    ref.package_name, self.root,
+                    loader.version_sources(ref.module, ref.sha256,
+                                           ref.imports, ref.packages),
+                    self.blobs.get, mount_name=mount)
+        try:
+            module = importlib.import_module(f'{mount}.{ref.module}')
+        except BaseException:
+            self._forget(mount)
+            raise
+        return getattr(module, ref.class_name)
+
+    def retain(self, content_keys: set[str]) -> None:
+        """Drop every loaded version whose key is not in ``content_keys``."""
+        keep = {MOUNT_PREFIX + key for key in content_keys}
+        for mount in [m for m in list(self._importers) if m not in keep]:
+            self._forget(mount)
+
+    def loaded(self) -> set[str]:
+        """Content keys with a loaded version."""
+        return {m[len(MOUNT_PREFIX):] for m in self._importers}
+
+    def _forget(self, mount: str) -> None:
+        with self._lock:
+            importer = self._importers.pop(mount, None)
+        if importer:
+            importer.uninstall()
+
+
+class _MountRouter:
+    """One meta path entry for every mounted version (O(1) per import)."""
+
+    def __init__(self, importers: dict[str, loader.TreeImporter]) -> None:
+        self._importers = importers
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith(MOUNT_PREFIX):
+            return None
+        importer = self._importers.get(fullname.partition('.')[0])
+        return importer.find_spec(fullname, path, target) if importer \
+            else None
+
+
+class HotloadAction(ml_actions.Action):
+    """Wraps a hot action so it travels with its exact version.
+
+    :param action: The user's action object.
+    :param ref: The version it belongs to.
+    """
+
+    def __init__(self, action: Any, ref: ActionRef) -> None:
+        super().__init__()
+        self.action = action
+        self.ref = ref
+
+    @classmethod
+    def get_serialization_key(cls) -> str:
+        return f'{cls.__module__}.{cls.__name__}'
+
+    def run(self, context):
+        run = self.action.run
+        # Seed-style classes define run(self) without the context.
+        if _takes_argument(run):
+            return run(context)
+        return run()
+
+    def is_sync(self) -> bool:
+        is_sync = getattr(self.action, 'is_sync', None)
+        return is_sync() if callable(is_sync) else True
+
+    def __repr__(self) -> str:
+        return (f'hot action {self.ref.name} '
+                f'[content_key={self.ref.content_key}]')
+
+
+class UnavailableAction(ml_actions.Action):
+    """Stands in, in the executor, for a version that cannot be loaded.
+
+    Running it fails the action with the reason; nothing else is run.
+
+    :param ref: The version that was asked for.
+    :param reason: Why it cannot be loaded.
+    """
+
+    def __init__(self, ref: ActionRef, reason: str) -> None:
+        super().__init__()
+        self.ref = ref
+        self.reason = reason
+
+    def run(self, context):
+        return ml_actions.Result(error=(
+            f'hot action {self.ref.name} cannot run on host '
+            f'{socket.gethostname()}: content {self.ref.content_key} is not '
+            f'available ({self.reason})'))
+
+    def __repr__(self) -> str:
+        return f'unavailable hot action {self.ref.name}'
+
+
+def _takes_argument(function) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                          p.VAR_POSITIONAL) for p in parameters)
+
+
+class HotloadActionSerializer(serialization.DictBasedSerializer):
+    """Sends a hot action with its content key; loads exactly that back."""
+
+    def serialize_to_dict(self, entity: HotloadAction) -> dict[str, Any]:
+        return {'ref': entity.ref.to_dict(), 'data': vars(entity.action)}
+
+    def deserialize_from_dict(self, entity_dict: dict[str, Any]):
+        ref = ActionRef.from_dict(entity_dict['ref'])
+        cache = _CACHE
+        if cache is None:
+            return UnavailableAction(ref, 'the hotload provider is not '
+                                          'loaded in this process')
+        try:
+            cls = cache.action_class(ref)
+        except exceptions.BlobError as exc:
+            LOG.error('Cannot load hot action %s: %s', ref.name, exc)
+            return UnavailableAction(ref, str(exc))
+        except BaseException as exc:  # reported to the engine
+            LOG.exception('Cannot load hot action %s', ref.name)
+            return UnavailableAction(ref, f'{type(exc).__name__}: {exc}')
+        # As mistral-lib's own ActionSerializer: the engine ran __init__,
+        # the executor restores the state it produced.
+        action = cls.__new__(cls)
+        for key, value in entity_dict['data'].items():
+            setattr(action, key, value)
+        return HotloadAction(action, ref)
+
+
+def _register_serializer() -> None:
+    try:
+        serialization.register_serializer(HotloadAction,
+                                          HotloadActionSerializer())
+    except RuntimeError:
+        pass  # already registered: this module was imported twice
+
+
+_register_serializer()
+_CACHE: VersionCache | None = None
+
+
+class HotloadActionDescriptor(providers_base.ActionDescriptorBase):
+    """A hot action as Mistral sees it; built from the manifest alone.
+
+    :param ref: The version the action belongs to.
+    :param spec: Its entry in the manifest.
+    :param cache: Where its class is loaded from when instantiated.
+    """
+
+    def __init__(self, ref: ActionRef, spec: manifest_mod.ActionSpec,
+                 cache: VersionCache) -> None:
+        super().__init__(spec.name, spec.description, spec.input)
+        self.ref = ref
+        self._cache = cache
+
+    @property
+    def action_class_name(self) -> str:
+        return f'{self.ref.package_name}.{self.ref.module}.' \
+               f'{self.ref.class_name}'
+
+    def instantiate(self, params, wf_ctx):
+        cls = self._cache.action_class(self.ref)
+        return HotloadAction(cls(**(params or {})), self.ref)
+
+    def __repr__(self) -> str:
+        return (f'Hot action [name={self.name}, '
+                f'class={self.action_class_name}, '
+                f'content_key={self.ref.content_key}]')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    stat_key: tuple | None
+    manifest: manifest_mod.Manifest | None
+    descriptors: dict[str, HotloadActionDescriptor]
+
+
+class HotloadActionProvider(ml_actions.ActionProvider):
+    """Serves the hot actions of the node's current generation.
+
+    :param name: Provider name Mistral registered it under.
+    :param conf: Configuration to read ``[hotload]`` and the messaging
+        transport from; Mistral's global configuration by default.
+    """
+
+    def __init__(self, name: str = 'hotload',
+                 conf: cfg.ConfigOpts | None = None) -> None:
+        super().__init__(name)
+        global _CACHE
+        self.conf = conf or cfg.CONF
+        if hotload_conf.GROUP not in self.conf:
+            hotload_conf.register_opts(self.conf)
+        options = self.conf.hotload
+        self.states = store.ManifestStore(options.state_dir)
+        self.cache = VersionCache(self.states.blobs, options.actions_dir)
+        _CACHE = self.cache
+        self._table = _Table(None, None, {})
+        self._reload_lock = threading.Lock()
+        self._listener: signals.Listener | None = None
+        self._listener_pid: int | None = None
+        self.refresh()
+
+    @property
+    def generation(self) -> int:
+        """Generation of the table being served (0: none yet)."""
+        manifest = self._table.manifest
+        return manifest.generation if manifest else 0
+
+    def find(self, action_name, namespace=None):
+        return self._current().descriptors.get(action_name)
+
+    def find_all(self, namespace=None, limit=None, sort_fields=None,
+                 sort_dirs=None, filters=None):
+        # Mistral filters, sorts and pages the result itself.
+        return list(self._current().descriptors.values())
+
+    def _current(self) -> _Table:
+        self._ensure_listener()
+        table = self._table
+        if self._stat_key() != table.stat_key:
+            self.refresh()
+            table = self._table
+        return table
+
+    def _stat_key(self) -> tuple | None:
+        try:
+            st = os.stat(self.states.current_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def refresh(self) -> bool:
+        """Load the newest generation if it changed; True if swapped."""
+        with self._reload_lock:
+            key = self._stat_key()
+            if key == self._table.stat_key:
+                return False
+            try:
+                current = self.states.load()
+            except (exceptions.ManifestError, OSError) as exc:
+                LOG.error('Keeping hot action generation %d: %s',
+                          self.generation, exc)
+                return False
+            if current is None:
+                self._table = _Table(key, None, {})
+                return True
+            descriptors = {}
+            for action, record in current.actions():
+                ref = ActionRef.of(action, record, current.package_name)
+                descriptors[action.name] = HotloadActionDescriptor(
+                    ref, action, self.cache)
+            # Versions of the previous table stay loaded one generation
+            # more: an action still running may import from its own tree.
+            self.cache.retain(
+                {d.ref.content_key for d in descriptors.values()}
+                | {d.ref.content_key
+                   for d in self._table.descriptors.values()})
+            self._table = _Table(key, current, descriptors)
+        LOG.info('Serving hot action generation %d (%d actions)',
+                 current.generation, len(descriptors))
+        return True
+
+    def _ensure_listener(self) -> None:
+        # Mistral creates providers lazily, and a server may fork after
+        # creating one: listen from the process that serves, once. In a
+        # thread: connecting to a broker that is down must not hold up a
+        # lookup.
+        pid = os.getpid()
+        if self._listener_pid == pid:
+            return
+        self._listener_pid = pid
+        threading.Thread(target=self._start_listener, daemon=True,
+                         name='hotload-listener').start()
+
+    def _start_listener(self) -> None:
+        try:
+            self._listener = signals.Listener.start(self.conf, self.refresh)
+        except Exception:  # signals only speed things up
+            LOG.exception('Cannot listen for hotload signals; new '
+                          'generations are still noticed on each lookup')
