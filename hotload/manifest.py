@@ -241,14 +241,16 @@ class Manifest:
                 f'{source}: malformed manifest: {exc!r}') from exc
 
 
-def content_key(sha256: str, imports: dict[str, str | None]) -> str:
+def content_key(module: str, sha256: str,
+                imports: dict[str, str | None]) -> str:
     """Key naming a module's code together with its in-tree imports.
 
-    Two versions share a key exactly when the module and every in-tree
-    module it imports are byte-identical, so the key is what an executor
-    needs to run the version the engine chose.
+    Two versions share a key exactly when they have the same module name
+    (which decides what relative imports mean) and the module and every
+    in-tree module it imports are byte-identical, so the key is what an
+    executor needs to run the version the engine chose.
     """
-    digest = hashlib.sha256(sha256.encode())
+    digest = hashlib.sha256(f'{module}={sha256}'.encode())
     for name, sha in sorted(imports.items()):
         digest.update(f'\n{name}={sha or "-"}'.encode())
     return digest.hexdigest()

@@ -111,7 +111,8 @@ class VersionCache:
         :raises BlobError: when the content is missing or does not match
             its hashes.
         """
-        if manifest_mod.content_key(ref.sha256, ref.imports) != \
+        if manifest_mod.content_key(ref.module, ref.sha256,
+                                    ref.imports) != \
                 ref.content_key:
             raise exceptions.BlobError(
                 f'content key {ref.content_key} does not match the hashes '

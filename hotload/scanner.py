@@ -278,7 +278,7 @@ class Scanner:
             for e in result.exports)
         return manifest.ModuleVersion(
             sha256=sha, imports=result.imports,
-            content_key=manifest.content_key(sha, result.imports),
+            content_key=manifest.content_key(name, sha, result.imports),
             actions=actions, packages=result.packages)
 
     def _renamed(self, version: manifest.ModuleVersion | None,

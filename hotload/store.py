@@ -17,6 +17,7 @@ generation?" check is one ``stat`` of it.
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -161,6 +162,29 @@ class ManifestStore:
         finally:
             os.close(fd)
 
+    def writer_running(self) -> bool:
+        """True while a daemon holds this state directory's lock."""
+        try:
+            fd = os.open(os.path.join(self.state_dir, LOCK),
+                         os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def load_status(self) -> dict:
+        """What the daemon last wrote about itself ({} if nothing)."""
+        try:
+            with open(self.status_path, 'rb') as stream:
+                return json.loads(stream.read())
+        except (FileNotFoundError, ValueError):
+            return {}
+
     def load(self) -> manifest_mod.Manifest | None:
         """The current generation, or None when none was published.
 
@@ -235,10 +259,12 @@ class ManifestStore:
         :returns: the number of blobs deleted.
         """
         numbers = self.generation_numbers()
-        for number in numbers[:-keep]:
+        cut = max(len(numbers) - keep, 0)
+        stale, kept = numbers[:cut], numbers[cut:]
+        for number in stale:
             os.unlink(self._generation_path(number))
         referenced: set[str] = set()
-        for number in numbers[-keep:]:
+        for number in kept:
             path = self._generation_path(number)
             with open(path, 'rb') as stream:
                 kept = manifest_mod.Manifest.from_json(stream.read(), path)

@@ -11,7 +11,7 @@ from hotload import manifest
 def _sample() -> manifest.Manifest:
     good = manifest.ModuleVersion(
         'a' * 64, {'common': 'b' * 64, 'gone': None},
-        manifest.content_key('a' * 64, {'common': 'b' * 64}),
+        manifest.content_key('x', 'a' * 64, {'common': 'b' * 64}),
         (manifest.ActionSpec('hot.x.greet', 'Greet', None, 'who',
                              'Greet.', 4),))
     error = manifest.ModuleError('syntax', 'SyntaxError: bad', 'x.py', 2,
@@ -39,11 +39,12 @@ def test_invalid_documents_are_refused(data, message):
 
 
 def test_content_key_covers_module_and_imports():
-    key = manifest.content_key('a' * 64, {'common': 'b' * 64})
-    assert key == manifest.content_key('a' * 64, {'common': 'b' * 64})
-    assert key != manifest.content_key('a' * 64, {'common': 'c' * 64})
-    assert key != manifest.content_key('d' * 64, {'common': 'b' * 64})
-    assert key != manifest.content_key('a' * 64, {})
+    key = manifest.content_key('x', 'a' * 64, {'common': 'b' * 64})
+    assert key == manifest.content_key('x', 'a' * 64, {'common': 'b' * 64})
+    assert key != manifest.content_key('x', 'a' * 64, {'common': 'c' * 64})
+    assert key != manifest.content_key('x', 'd' * 64, {'common': 'b' * 64})
+    assert key != manifest.content_key('x', 'a' * 64, {})
+    assert key != manifest.content_key('y', 'a' * 64, {'common': 'b' * 64})
 
 
 def test_errors_and_actions_views():

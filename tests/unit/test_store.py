@@ -15,10 +15,11 @@ from hotload import store
 
 def _modules(text: str) -> dict[str, manifest.ModuleRecord]:
     sha = store.sha256_hex(text.encode())
-    return {'greet': manifest.ModuleRecord(
-        'greet', 'greet.py', manifest.ModuleVersion(
-            sha, {}, manifest.content_key(sha, {}), (manifest.ActionSpec(
-                'hot.greet.greet', 'Greet', None, 'who', text, 3),)))}
+    action = manifest.ActionSpec('hot.greet.greet', 'Greet', None, 'who',
+                                 text, 3)
+    version = manifest.ModuleVersion(
+        sha, {}, manifest.content_key('greet', sha, {}), (action,))
+    return {'greet': manifest.ModuleRecord('greet', 'greet.py', version)}
 
 
 @pytest.fixture

@@ -1,0 +1,131 @@
+"""The provider on its own: table, exact versions, serialization.
+
+These tests drive the provider directly on a state directory the scanner
+filled; the functional tests show the same inside a real Mistral.
+"""
+
+import os
+import socket
+
+import pytest
+from mistral_lib import actions as ml_actions
+from mistral_lib import serialization
+from mistral_lib.actions import context as ml_context
+from oslo_config import cfg
+
+from hotload import conf as hotload_conf
+from hotload import provider as provider_mod
+from tests.unit.conftest import GREET
+
+SLOW = GREET.replace('"hello "', 'VERSION + " "').replace(
+    'from mistral_lib import actions',
+    'from mistral_lib import actions\n\nVERSION = "v1"')
+
+
+@pytest.fixture
+def provider(tree, scan):
+    conf = cfg.ConfigOpts()
+    hotload_conf.register_opts(conf)
+    conf([], default_config_files=[])
+    conf.set_override('state_dir', scan.states.state_dir, 'hotload')
+    conf.set_override('actions_dir', tree.root, 'hotload')
+    return provider_mod.HotloadActionProvider('hotload', conf=conf)
+
+
+def run(action):
+    return action.run(ml_context.ActionContext())
+
+
+def roundtrip(action):
+    polymorphic = serialization.get_polymorphic_serializer()
+    return polymorphic.deserialize(polymorphic.serialize(action))
+
+
+def test_find_sees_each_new_generation_without_a_signal(tree, scan,
+                                                        provider):
+    assert provider.find('hot.greet.greet') is None
+    tree.write('greet.py', GREET)
+    scan()
+    descriptor = provider.find('hot.greet.greet')
+    assert descriptor.params_spec == 'who, punctuation="!"'
+    assert descriptor.description == 'Greet someone.'
+    assert [d.name for d in provider.find_all()] == ['hot.greet.greet']
+    tree.remove('greet.py')
+    scan()
+    assert provider.find('hot.greet.greet') is None
+    assert provider.find_all() == []
+
+
+def test_instantiated_action_runs_and_travels_with_its_version(
+        tree, scan, provider):
+    tree.write('greet.py', SLOW)
+    scan()
+    action = provider.find('hot.greet.greet').instantiate({'who': 'ann'},
+                                                          {})
+    assert run(action) == 'v1 ann!'
+    tree.write('greet.py', SLOW.replace('"v1"', '"v2"'))
+    scan()
+    # The engine chose v1; the executor runs v1 even though v2 is current.
+    assert run(roundtrip(action)) == 'v1 ann!'
+    newer = provider.find('hot.greet.greet').instantiate({'who': 'bob'}, {})
+    assert run(roundtrip(newer)) == 'v2 bob!'
+    assert newer.ref.content_key != action.ref.content_key
+
+
+def test_missing_content_fails_the_action_clearly(tree, scan, provider):
+    tree.write('greet.py', SLOW)
+    scan()
+    action = provider.find('hot.greet.greet').instantiate({'who': 'x'}, {})
+    data = serialization.get_polymorphic_serializer().serialize(action)
+    provider.cache.retain(set())
+    os.unlink(scan.states.blobs.path(action.ref.sha256))
+    restored = serialization.get_polymorphic_serializer().deserialize(data)
+    result = run(restored)
+    assert isinstance(result, ml_actions.Result)
+    assert 'hot.greet.greet' in result.error
+    assert action.ref.content_key in result.error
+    assert socket.gethostname() in result.error
+
+
+def test_in_tree_imports_are_exact_per_version(tree, scan, provider):
+    tree.write('common.py', 'WORD = "one"\n')
+    tree.write('pkg/use.py', GREET.replace(
+        'from mistral_lib import actions',
+        'from mistral_lib import actions\n'
+        'from hotload_actions import common\nfrom .. import common as rel'
+    ).replace('"hello "', 'common.WORD + rel.WORD + " "'))
+    scan()
+    first = provider.find('hot.pkg.use.greet').instantiate({'who': 'a'}, {})
+    tree.write('common.py', 'WORD = "two"\n')
+    scan()
+    second = provider.find('hot.pkg.use.greet').instantiate({'who': 'a'}, {})
+    assert run(first) == 'oneone a!'
+    assert run(second) == 'twotwo a!'
+    assert run(roundtrip(first)) == 'oneone a!'
+
+
+def test_seed_style_action_runs_without_context(tree, scan, provider):
+    tree.write('seed.py', '''
+        class Exec:
+            """Run something."""
+            __export__ = True
+
+            def __init__(self, cmd):
+                self.cmd = cmd
+
+            def run(self):
+                return self.cmd.upper()
+    ''')
+    scan()
+    action = provider.find('hot.seed.exec').instantiate({'cmd': 'ls'}, {})
+    assert run(roundtrip(action)) == 'LS'
+    assert action.is_sync()
+
+
+def test_wrong_parameters_are_refused_before_running(tree, scan, provider):
+    tree.write('greet.py', GREET)
+    scan()
+    descriptor = provider.find('hot.greet.greet')
+    with pytest.raises(Exception, match='missing=.*who'):
+        descriptor.check_parameters({})
+    assert 'content_key=' in repr(descriptor)
