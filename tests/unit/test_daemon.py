@@ -1,0 +1,176 @@
+"""The daemon as a process: real inotify, no broker (embedded mode)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from hotload import store
+from tests.unit.conftest import GREET
+
+DEADLINE = 30.0
+
+
+def wait_for(predicate, what: str, deadline: float = DEADLINE):
+    """Poll ``predicate`` until it returns something truthy."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f'timed out waiting for {what}')
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f'/proc/{pid}/stat') as stream:
+            return stream.read().split()[2] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+class DaemonProcess:
+    """mistral-hotload-daemon on a test tree, stopped by PID."""
+
+    def __init__(self, tree, state_dir, log_path):
+        self.config = os.path.join(os.path.dirname(state_dir), 'd.conf')
+        with open(self.config, 'w') as stream:
+            stream.write(textwrap.dedent(f'''
+                [hotload]
+                actions_dir = {tree.root}
+                state_dir = {state_dir}
+                action_prefix = hot
+                probe_timeout = 5
+            '''))
+        self.states = store.ManifestStore(state_dir)
+        self.log_path = log_path
+        self.process = None
+
+    def start(self):
+        self.log = open(self.log_path, 'ab')
+        self.process = subprocess.Popen(
+            [sys.executable, '-c',
+             'from hotload.cmd.daemon import main; main()',
+             '--config-file', self.config],
+            stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        return self
+
+    def worker_pid(self):
+        status = self.states.load_status()
+        return status.get('pid') if status else None
+
+    def stop(self, sig=signal.SIGTERM):
+        pids = [self.process.pid, self.worker_pid()]
+        os.killpg(self.process.pid, sig)
+        self.process.wait(timeout=DEADLINE)
+        for pid in filter(None, pids):
+            wait_for(lambda pid=pid: not process_alive(pid),
+                     f'process {pid} to exit')
+        self.log.close()
+
+    def kill_everything(self):
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=DEADLINE)
+
+    def generation(self):
+        current = self.states.load()
+        return current.generation if current else 0
+
+    def served(self):
+        current = self.states.load()
+        return {a.name for a, _ in current.actions()} if current else set()
+
+
+@pytest.fixture
+def daemon(tree, tmp_path):
+    process = DaemonProcess(tree, str(tmp_path / 'state'),
+                            str(tmp_path / 'daemon.log'))
+    yield process
+    process.kill_everything()
+
+
+def test_dropped_file_is_published_and_bad_files_do_not_stop_it(tree,
+                                                                 daemon):
+    tree.write('greet.py', GREET)
+    daemon.start()
+    wait_for(lambda: 'hot.greet.greet' in daemon.served(), 'first scan')
+    first = daemon.generation()
+
+    tree.write('broken.py', 'def f(:\n')
+    tree.write('other.py', GREET.replace('Greet(', 'Other('))
+    wait_for(lambda: 'hot.other.other' in daemon.served(), 'other.py')
+    current = daemon.states.load()
+    assert current.generation > first
+    assert current.modules['broken'].error.location() == 'broken.py:1'
+
+    tree.remove('greet.py')
+    wait_for(lambda: 'hot.greet.greet' not in daemon.served(), 'deletion')
+    assert daemon.process.poll() is None
+    daemon.stop()
+    with open(daemon.log_path) as stream:
+        log = stream.read()
+    assert 'broken.py:1: syntax' in log
+
+
+def test_editor_style_save_is_one_change(tree, daemon):
+    tree.write('greet.py', GREET)
+    daemon.start()
+    wait_for(lambda: daemon.generation() == 1, 'first generation')
+    # Write a temporary file, then rename it over the module.
+    tree.write('.greet.py.swp', 'garbage')
+    tree.write('greet.py.tmp~', GREET.replace('hello', 'hi'))
+    os.rename(tree.path('greet.py.tmp~'), tree.path('greet.py'))
+    os.unlink(tree.path('.greet.py.swp'))
+    wait_for(lambda: daemon.generation() == 2, 'the save')
+    current = daemon.states.load()
+    assert current.errors() == []
+    assert b'hi' in daemon.states.blobs.get(
+        current.modules['greet'].good.sha256)
+    daemon.stop()
+
+
+def test_burst_of_files_is_coalesced(tree, daemon, tmp_path):
+    daemon.start()
+    wait_for(lambda: daemon.generation() == 1, 'first (empty) generation')
+    source = tmp_path / 'many'
+    for index in range(100):
+        path = source / f'mod{index:03d}.py'
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(GREET.replace('Greet(', f'Greet{index:03d}('))
+    shutil.copytree(source, tree.path('many'))
+    os.chmod(tree.path('many'), 0o755)
+    wait_for(lambda: len(daemon.served()) == 100, 'all 100 actions',
+             deadline=60)
+    # A burst is a handful of scans, not one per file.
+    assert daemon.generation() <= 10
+    daemon.stop()
+
+
+def test_sigkill_and_restart_lose_nothing(tree, daemon):
+    tree.write('greet.py', GREET)
+    tree.write('broken.py', 'x = (\n')
+    daemon.start()
+    wait_for(lambda: 'hot.greet.greet' in daemon.served(), 'first scan')
+    before = daemon.states.load()
+    worker = wait_for(daemon.worker_pid, 'the worker pid')
+    daemon.stop(signal.SIGKILL)
+    assert not process_alive(worker)
+    daemon.start()
+    wait_for(lambda: daemon.worker_pid() not in (None, worker),
+             'the new worker')
+    after = daemon.states.load()
+    assert after.generation == before.generation
+    assert after.modules == before.modules
+    daemon.stop()
