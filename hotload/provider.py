@@ -278,7 +278,10 @@ class HotloadActionDescriptor(providers_base.ActionDescriptorBase):
 
     def __init__(self, ref: ActionRef, spec: manifest_mod.ActionSpec,
                  cache: VersionCache) -> None:
-        super().__init__(spec.name, spec.description, spec.input)
+        # Namespace '' as Mistral's own actions: listed by default. find()
+        # ignores namespaces, so hot actions serve every namespace.
+        super().__init__(spec.name, spec.description, spec.input,
+                         namespace='')
         self.ref = ref
         self._cache = cache
 
@@ -327,7 +330,17 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         self._reload_lock = threading.Lock()
         self._listener: signals.Listener | None = None
         self._listener_pid: int | None = None
-        self.refresh()
+        # Mistral builds providers in the worker that serves (never in a
+        # server's master), the executor at start, the API and engine at
+        # their first lookup; listen from there. A provider that raised
+        # here would break every lookup of every action, so a bad state
+        # directory is logged and an empty table served until it is fixed.
+        try:
+            self.refresh()
+        except Exception:
+            LOG.exception('Cannot load hot actions from %s',
+                          self.states.state_dir)
+        self._ensure_listener()
 
     @property
     def generation(self) -> int:

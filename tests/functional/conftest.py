@@ -1,0 +1,183 @@
+"""A real node: Mistral 23 (API, engine, executor) and the daemon.
+
+Mistral comes up once per test session through ``tools/mistral_harness.py``
+(its own virtualenv with this project installed, PostgreSQL, RabbitMQ,
+authentication off), with ``[hotload]`` in its ``mistral.conf`` pointing
+at a test actions directory. The daemon runs from this environment with
+the same ``mistral.conf``, so it signals the providers over RabbitMQ.
+Every process is stopped by PID at the end.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mistralclient.api import client as mistral_client
+
+TOP = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(TOP / 'tools'))
+
+import mistral_harness  # noqa: E402
+
+from hotload import store  # noqa: E402
+
+DEADLINE = 30.0
+PREFIX = 'hot'
+
+
+def wait_for(predicate, what: str, deadline: float = DEADLINE):
+    """Poll ``predicate`` until it returns something truthy; return it."""
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise AssertionError(f'timed out after {deadline} s waiting for '
+                                 f'{what}')
+        time.sleep(0.02)
+
+
+def children(pid: int) -> set[int]:
+    """PIDs of the direct children of ``pid`` (Mistral's workers)."""
+    found = set()
+    for task in Path(f'/proc/{pid}/task').iterdir():
+        text = (task / 'children').read_text().split()
+        found.update(int(p) for p in text)
+    return found
+
+
+class Daemon:
+    """mistral-hotload-daemon for the node, started and stopped by PID."""
+
+    def __init__(self, config_file: Path, log_path: Path, state_dir: Path):
+        self.config_file = config_file
+        self.log_path = log_path
+        self.states = store.ManifestStore(str(state_dir))
+        self.process = None
+
+    def start(self) -> 'Daemon':
+        with open(self.log_path, 'ab') as log:
+            self.process = subprocess.Popen(
+                [sys.executable, '-c',
+                 'from hotload.cmd.daemon import main; main()',
+                 '--config-file', str(self.config_file)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.states.writer_running()
+                 and self.states.load_status().get('pid')
+                 in children(self.process.pid),
+                 'the daemon to publish its first scan')
+        return self
+
+    def kill(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Signal the daemon's process group and wait until it is gone."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        self.process.wait(timeout=DEADLINE)
+        wait_for(lambda: not self.states.writer_running(),
+                 'the daemon to release the state directory')
+
+    def generation(self) -> int:
+        current = self.states.load()
+        return current.generation if current else 0
+
+
+class Node:
+    """Mistral, the daemon and the directory they share."""
+
+    def __init__(self, harness, actions_dir: Path, daemon: Daemon):
+        self.harness = harness
+        self.actions_dir = actions_dir
+        self.daemon = daemon
+        self.client = mistral_client.client(
+            mistral_url=harness.mistral_url)
+        self.mistral_pids = self.server_pids()
+
+    def server_pids(self) -> dict[str, tuple[int, frozenset]]:
+        """Each server's master PID and its workers' PIDs."""
+        return {name: (pid, frozenset(children(pid)))
+                for name, pid in self.harness.pids.items()}
+
+    def write(self, relpath: str, text: str) -> Path:
+        """Write a module the way an operator drops one in: temp + rename."""
+        path = self.actions_dir / relpath
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o755)
+        temporary = path.with_name(f'.{path.name}.tmp')
+        temporary.write_text(text)
+        os.chmod(temporary, 0o644)
+        os.rename(temporary, path)
+        return path
+
+    def listed(self) -> set[str]:
+        """Hot action names as GET /v2/actions returns them."""
+        return {a.name for a in self.client.actions.list(limit=-1)
+                if a.name.startswith(PREFIX + '.')}
+
+    def wait_listed(self, name: str) -> None:
+        wait_for(lambda: name in self.listed(), f'{name} in GET /v2/actions')
+
+    def wait_unlisted(self, name: str) -> None:
+        wait_for(lambda: name not in self.listed(),
+                 f'{name} gone from GET /v2/actions')
+
+    def hotload(self, *args: str) -> subprocess.CompletedProcess:
+        """The mistral-hotload CLI, configured like the node."""
+        return subprocess.run(
+            [sys.executable, '-m', 'hotload.cli.main', '--config-file',
+             str(self.harness.config_file), *args],
+            capture_output=True, text=True, timeout=120)
+
+    def run(self, workflow: str, timeout: float = 60.0, **inputs):
+        """Start ``workflow`` and wait for it to end; the execution."""
+        execution = self.client.executions.create(workflow,
+                                                  workflow_input=inputs)
+        return self.wait_execution(execution.id, timeout)
+
+    def wait_execution(self, execution_id: str, timeout: float = 60.0):
+        return wait_for(
+            lambda: self._ended(execution_id),
+            f'execution {execution_id} to end', deadline=timeout)
+
+    def _ended(self, execution_id: str):
+        execution = self.client.executions.get(execution_id)
+        return execution if execution.state in ('SUCCESS', 'ERROR') \
+            else None
+
+
+@pytest.fixture(scope='session')
+def node(tmp_path_factory):
+    base = tmp_path_factory.mktemp('node')
+    os.chmod(base, 0o755)
+    actions_dir = base / 'actions'
+    actions_dir.mkdir(mode=0o755)
+    state_dir = base / 'state'
+    harness = mistral_harness.MistralHarness(
+        mistral_harness.default_venv(), base / 'mistral',
+        extra_config={'hotload': {
+            'actions_dir': str(actions_dir),
+            'state_dir': str(state_dir),
+            'action_prefix': PREFIX,
+            'probe_timeout': 10,
+        }})
+    with harness:
+        daemon = Daemon(harness.config_file, base / 'daemon.log', state_dir)
+        daemon.start()
+        try:
+            yield Node(harness, actions_dir, daemon)
+        finally:
+            daemon.kill()
+
+
+@pytest.fixture(autouse=True)
+def mistral_never_restarts(request):
+    """After every test: the same Mistral processes serve (no restart)."""
+    yield
+    if 'node' in request.fixturenames:
+        node = request.getfixturevalue('node')
+        assert node.server_pids() == node.mistral_pids
