@@ -67,11 +67,17 @@ class Daemon:
                  'from hotload.cmd.daemon import main; main()',
                  '--config-file', str(self.config_file)],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: self.states.writer_running()
-                 and self.states.load_status().get('pid')
-                 in children(self.process.pid),
-                 'the daemon to publish its first scan')
+        wait_for(self._published, 'the daemon to publish its first scan')
         return self
+
+    def _published(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f'the daemon exited with {self.process.returncode}; end of '
+                f'{self.log_path}:\n{self.log_path.read_text()[-3000:]}')
+        return (self.states.writer_running()
+                and self.states.load_status().get('pid')
+                in children(self.process.pid))
 
     def kill(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Signal the daemon's process group and wait until it is gone."""
