@@ -180,3 +180,16 @@ def test_daemon_killed_and_restarted_loses_nothing(node):
     # And it watches again.
     node.write('newcomer.py', GREET.format(greeting='hi'))
     node.wait_listed('hot.newcomer.greet')
+
+
+def test_every_mistral_process_is_signalled(node):
+    """The executor never looks actions up by name: only the daemon's
+    oslo.messaging signal makes it load a new generation."""
+    node.write('signalled.py', GREET.format(greeting='hey'))
+    node.wait_listed('hot.signalled.greet')
+    generation = node.daemon.generation()
+    line = f'Serving hot action generation {generation} '
+    for server in ('api', 'engine', 'executor'):
+        log = node.harness.server_log(server)
+        wait_for(lambda log=log: line in log.read_text(),
+                 f'{server} to load generation {generation}')
