@@ -26,6 +26,7 @@ from oslo_service.backend import base as service_base
 from hotload import conf as hotload_conf
 from hotload import exceptions
 from hotload import manifest as manifest_mod
+from hotload import notify
 from hotload import probe as probe_mod
 from hotload import scanner as scanner_mod
 from hotload import signals
@@ -62,6 +63,8 @@ class Daemon:
         self._scan_lock = threading.Lock()
         self._worker = None
         self._status = {}
+        self._rescan_seen = 0.0
+        self._notifier = notify.Notifier()
         self.generation = 0
 
     def start(self) -> None:
@@ -83,15 +86,19 @@ class Daemon:
         # Watch before the first scan, so nothing that changes during it
         # is missed.
         self._watcher = watcher.TreeWatcher(
-            self.root, self._on_changes, options.debounce_interval)
+            self.root, self._on_changes, options.debounce_interval,
+            control_dir=self.states.control_dir)
         self._watcher.start()
-        self.rescan()
+        self._rescan_seen = self.states.rescan_requested()
+        current = self.rescan()
+        self._notifier.ready(self._summary(current))
         self._worker = threading.Thread(target=self._work,
                                         name='hotload-scanner', daemon=True)
         self._worker.start()
 
     def stop(self) -> None:
         """Stop watching; a scan in progress finishes its generation."""
+        self._notifier.stopping()
         self._stopping.set()
         self._changed.set()
         if self._watcher:
@@ -117,10 +124,27 @@ class Daemon:
             if self._stopping.is_set():
                 return
             self._changed.clear()
-            self.rescan()
+            requested = self.states.rescan_requested()
+            full = requested != self._rescan_seen
+            self._rescan_seen = requested
+            current = self.rescan(probe_all=full)
+            self._notifier.status(self._summary(current))
 
-    def rescan(self) -> manifest_mod.Manifest | None:
-        """Scan, publish a new generation if the table changed, signal."""
+    def _summary(self, current: manifest_mod.Manifest | None) -> str:
+        if current is None:
+            return 'actions directory refused; see the log'
+        return (f'generation {current.generation}: '
+                f'{len(current.actions())} actions, '
+                f'{len(current.errors())} file errors')
+
+    def rescan(self, probe_all: bool = False
+               ) -> manifest_mod.Manifest | None:
+        """Scan, publish a new generation if the table changed, signal.
+
+        :param probe_all: Probe every module, not only changed ones.
+        """
+        if probe_all:
+            LOG.info('Full rescan requested')
         with self._scan_lock:
             options = self.conf.hotload
             try:
@@ -140,7 +164,7 @@ class Daemon:
                 options.package_name, options.action_prefix,
                 options.reserved_prefixes, options.probe_workers)
             try:
-                result = scanner.scan(previous)
+                result = scanner.scan(previous, probe_all=probe_all)
             except exceptions.UntrustedRootError as exc:
                 LOG.error('%s; still serving generation %d', exc,
                           previous.generation)
@@ -243,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     conf = load_config(sys.argv[1:] if argv is None else argv)
     logging.setup(conf, 'mistral-hotload')
+    notify.claim_environment()
     launcher = service.launch(conf, DaemonService(conf),
                               restart_method='mutate')
     return launcher.wait() or 0

@@ -10,6 +10,7 @@ knows its shape. It is stored as one JSON document::
       "created_at": "2026-11-22T01:02:03.456789+00:00",
       "package_name": "hotload_actions",
       "action_prefix": "hotload",
+      "disabled": [],
       "modules": {
         "cinder.backups": {
           "path": "cinder/backups.py",
@@ -156,6 +157,9 @@ class Manifest:
     :param package_name: Import name the actions directory is mounted as.
     :param action_prefix: Prefix the action names were built with.
     :param modules: Module name to record.
+    :param disabled: Action names an operator disabled
+        (``mistral-hotload disable``); they stay in their modules' records
+        but are not served.
     :param schema: Schema version the document was written with.
     """
 
@@ -164,6 +168,7 @@ class Manifest:
     package_name: str
     action_prefix: str
     modules: dict[str, ModuleRecord]
+    disabled: tuple[str, ...] = ()
     schema: int = SCHEMA_VERSION
 
     @classmethod
@@ -173,6 +178,11 @@ class Manifest:
 
     def actions(self) -> list[tuple[ActionSpec, ModuleRecord]]:
         """Every served action with its module, sorted by name."""
+        return [(action, module) for action, module in self.all_actions()
+                if action.name not in self.disabled]
+
+    def all_actions(self) -> list[tuple[ActionSpec, ModuleRecord]]:
+        """Served and disabled actions with their modules, by name."""
         found = [(action, module) for module in self.modules.values()
                  for action in module.actions]
         return sorted(found, key=lambda pair: pair[0].name)
@@ -186,15 +196,18 @@ class Manifest:
         """True when both describe the same modules, whatever generation."""
         return (self.package_name == other.package_name
                 and self.action_prefix == other.action_prefix
-                and self.modules == other.modules)
+                and self.modules == other.modules
+                and self.disabled == other.disabled)
 
     def next(self, modules: dict[str, ModuleRecord], package_name: str,
-             action_prefix: str, generation: int) -> 'Manifest':
+             action_prefix: str, generation: int,
+             disabled: tuple[str, ...] = ()) -> 'Manifest':
         """The generation that follows this one."""
         now = datetime.datetime.now(datetime.timezone.utc).isoformat()
         return Manifest(generation=generation, created_at=now,
                         package_name=package_name,
-                        action_prefix=action_prefix, modules=modules)
+                        action_prefix=action_prefix, modules=modules,
+                        disabled=tuple(sorted(disabled)))
 
     def to_json(self) -> bytes:
         document = {
@@ -203,6 +216,7 @@ class Manifest:
             'created_at': self.created_at,
             'package_name': self.package_name,
             'action_prefix': self.action_prefix,
+            'disabled': list(self.disabled),
             'modules': {name: _record_to_dict(record)
                         for name, record in sorted(self.modules.items())},
         }
@@ -235,7 +249,8 @@ class Manifest:
                 package_name=document['package_name'],
                 action_prefix=document['action_prefix'],
                 modules={name: _record_from_dict(name, record)
-                         for name, record in document['modules'].items()})
+                         for name, record in document['modules'].items()},
+                disabled=tuple(document.get('disabled', ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise exceptions.ManifestError(
                 f'{source}: malformed manifest: {exc!r}') from exc

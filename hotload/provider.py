@@ -22,6 +22,7 @@ Registered in the entry point group ``mistral.action.providers`` as
   the cache (actions in flight keep their classes alive until they end).
 """
 
+import collections
 import dataclasses
 import importlib
 import inspect
@@ -29,6 +30,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 from mistral_lib import actions as ml_actions
@@ -46,6 +48,7 @@ from hotload import store
 
 LOG = logging.getLogger(__name__)
 MOUNT_PREFIX = '_hotload_'
+MAX_ERRORS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +107,9 @@ class VersionCache:
         self._lock = threading.Lock()
         self._router = _MountRouter(self._importers)
         sys.meta_path.insert(0, self._router)
+        #: Recent failures to load a manifest or an action's version.
+        self.errors: collections.deque[str] = collections.deque(
+            maxlen=MAX_ERRORS)
 
     def action_class(self, ref: ActionRef) -> type:
         """The class ``ref`` names, loading its version if needed.
@@ -114,6 +120,7 @@ class VersionCache:
         if manifest_mod.content_key(ref.module, ref.sha256,
                                     ref.imports) != \
                 ref.content_key:
+            self.errors.append(f'{ref.name}: content key mismatch')
             raise exceptions.BlobError(
                 f'content key {ref.content_key} does not match the hashes '
                 f'sent with action {ref.name}')
@@ -127,10 +134,13 @@ class VersionCache:
                     self.blobs.get, mount_name=mount)
         try:
             module = importlib.import_module(f'{mount}.{ref.module}')
-        except BaseException:
+            return getattr(module, ref.class_name)
+        except BaseException as exc:
             self._forget(mount)
+            self.errors.append(f'{ref.name} [content_key='
+                               f'{ref.content_key}]: {type(exc).__name__}: '
+                               f'{exc}')
             raise
-        return getattr(module, ref.class_name)
 
     def retain(self, content_keys: set[str]) -> None:
         """Drop every loaded version whose key is not in ``content_keys``."""
@@ -305,6 +315,18 @@ class _Table:
     stat_key: tuple | None
     manifest: manifest_mod.Manifest | None
     descriptors: dict[str, HotloadActionDescriptor]
+    loaded_at: str = ''
+
+
+def _service_name() -> str:
+    """api, engine, executor... from ``mistral-server --server NAME``."""
+    argv = sys.argv
+    for index, arg in enumerate(argv):
+        if arg == '--server' and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith('--server='):
+            return arg.split('=', 1)[1]
+    return os.path.basename(argv[0]) if argv and argv[0] else 'python'
 
 
 class HotloadActionProvider(ml_actions.ActionProvider):
@@ -382,6 +404,7 @@ class HotloadActionProvider(ml_actions.ActionProvider):
             except (exceptions.ManifestError, OSError) as exc:
                 LOG.error('Keeping hot action generation %d: %s',
                           self.generation, exc)
+                self.cache.errors.append(str(exc))
                 return False
             if current is None:
                 self._table = _Table(key, None, {})
@@ -397,7 +420,8 @@ class HotloadActionProvider(ml_actions.ActionProvider):
                 {d.ref.content_key for d in descriptors.values()}
                 | {d.ref.content_key
                    for d in self._table.descriptors.values()})
-            self._table = _Table(key, current, descriptors)
+            self._table = _Table(key, current, descriptors,
+                                 time.strftime('%Y-%m-%dT%H:%M:%S%z'))
         LOG.info('Serving hot action generation %d (%d actions)',
                  current.generation, len(descriptors))
         return True
@@ -414,9 +438,24 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         threading.Thread(target=self._start_listener, daemon=True,
                          name='hotload-listener').start()
 
+    def describe(self) -> dict[str, Any]:
+        """What this process serves, for ``mistral-hotload status``."""
+        table = self._table
+        return {
+            'host': socket.gethostname(),
+            'service': _service_name(),
+            'pid': os.getpid(),
+            'generation': self.generation,
+            'loaded_at': table.loaded_at,
+            'actions': len(table.descriptors),
+            'errors': list(self.cache.errors),
+            'loaded': sorted(self.cache.loaded()),
+        }
+
     def _start_listener(self) -> None:
         try:
-            self._listener = signals.Listener.start(self.conf, self.refresh)
+            self._listener = signals.Listener.start(
+                self.conf, self.refresh, self.describe)
         except Exception:  # signals only speed things up
             LOG.exception('Cannot listen for hotload signals; new '
                           'generations are still noticed on each lookup')

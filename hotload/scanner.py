@@ -211,9 +211,14 @@ class Scanner:
         self.reserved_prefixes = list(reserved_prefixes)
         self.workers = workers
 
-    def scan(self, previous: manifest.Manifest) -> ScanResult:
+    def scan(self, previous: manifest.Manifest,
+             probe_all: bool = False) -> ScanResult:
         """Scan the directory against ``previous``.
 
+        :param previous: The generation being served.
+        :param probe_all: Probe every module, changed or not (an operator's
+            ``mistral-hotload reload``, e.g. after installing a library a
+            module imports).
         :raises UntrustedRootError: when the directory itself is refused;
             the caller keeps serving ``previous``.
         """
@@ -223,8 +228,8 @@ class Scanner:
             previous = manifest.Manifest.empty(self.package_name,
                                                self.action_prefix)
         stale = [name for name in snapshot.modules()
-                 if self._needs_probe(previous.modules.get(name), snapshot,
-                                      name)]
+                 if probe_all or self._needs_probe(
+                     previous.modules.get(name), snapshot, name)]
         results = self._probe_all(stale, snapshot)
         modules = self._records(previous, snapshot, results)
         modules = self._assign_names(previous, modules)

@@ -9,6 +9,8 @@ outage delays nothing that a lookup needs.
 
 import os
 import socket
+import threading
+import uuid
 from collections.abc import Callable
 
 import oslo_messaging
@@ -82,16 +84,31 @@ class Publisher:
 class _Endpoint:
     target = oslo_messaging.Target(namespace=NAMESPACE, version=VERSION)
 
-    def __init__(self, on_generation: Callable[[], object]) -> None:
+    def __init__(self, transport, on_generation: Callable[[], object],
+                 describe: Callable[[], dict]) -> None:
+        self._transport = transport
         self._on_generation = on_generation
+        self._describe = describe
 
     def generation_published(self, ctxt, generation):
         LOG.debug('Signal: generation %s published', generation)
         self._on_generation()
 
+    def report_status(self, ctxt, request_id, reply_topic, reply_server):
+        target = oslo_messaging.Target(
+            topic=reply_topic, server=reply_server, namespace=NAMESPACE,
+            version=VERSION)
+        client = oslo_messaging.get_rpc_client(self._transport, target)
+        client.prepare(retry=1).cast({}, 'status_reported',
+                                     request_id=request_id,
+                                     status=self._describe())
+
 
 class Listener:
     """A provider's side: an RPC server that reacts to signals.
+
+    It also answers ``mistral-hotload status`` with what the process
+    serves.
 
     :param server: The started oslo.messaging server.
     """
@@ -100,15 +117,21 @@ class Listener:
         self.server = server
 
     @classmethod
-    def start(cls, conf: cfg.ConfigOpts,
-              on_generation: Callable[[], object]) -> 'Listener | None':
-        """Listen on ``signal_topic``; None when there is no transport."""
+    def start(cls, conf: cfg.ConfigOpts, on_generation: Callable[[], object],
+              describe: Callable[[], dict]) -> 'Listener | None':
+        """Listen on ``signal_topic``; None when there is no transport.
+
+        :param conf: Configuration with the transport and ``[hotload]``.
+        :param on_generation: Called when a generation is announced.
+        :param describe: Returns this process's status, as plain data.
+        """
         if not transport_configured(conf):
             return None
         transport = oslo_messaging.get_rpc_transport(conf)
         target = _target(conf, server=f'{socket.gethostname()}.{os.getpid()}')
         server = oslo_messaging.get_rpc_server(
-            transport, target, [_Endpoint(on_generation)],
+            transport, target, [_Endpoint(transport, on_generation,
+                                          describe)],
             executor='threading')
         server.start()
         LOG.info('Listening for hotload signals on topic %s',
@@ -118,3 +141,53 @@ class Listener:
     def stop(self) -> None:
         self.server.stop()
         self.server.wait()
+
+
+class _ReplyEndpoint:
+    target = oslo_messaging.Target(namespace=NAMESPACE, version=VERSION)
+
+    def __init__(self, request_id: str, expected: int | None) -> None:
+        self.request_id = request_id
+        self.expected = expected
+        self.statuses: list[dict] = []
+        self.complete = threading.Event()
+        self._lock = threading.Lock()
+
+    def status_reported(self, ctxt, request_id, status):
+        if request_id != self.request_id:
+            return
+        with self._lock:
+            self.statuses.append(status)
+            if self.expected and len(self.statuses) >= self.expected:
+                self.complete.set()
+
+
+def collect_statuses(conf: cfg.ConfigOpts, timeout: float,
+                     expected: int | None = None) -> list[dict]:
+    """Ask every provider for its status; what answered within ``timeout``.
+
+    :param conf: Configuration with the transport and ``[hotload]``.
+    :param timeout: Seconds to wait for answers.
+    :param expected: Stop waiting once this many have answered.
+    """
+    transport = oslo_messaging.get_rpc_transport(conf)
+    request_id = uuid.uuid4().hex
+    reply_topic = f'{conf.hotload.signal_topic}_status'
+    reply_server = f'{socket.gethostname()}.{os.getpid()}.{request_id[:8]}'
+    endpoint = _ReplyEndpoint(request_id, expected)
+    server = oslo_messaging.get_rpc_server(
+        transport, oslo_messaging.Target(topic=reply_topic,
+                                         server=reply_server),
+        [endpoint], executor='threading')
+    server.start()
+    try:
+        client = oslo_messaging.get_rpc_client(transport, _target(conf))
+        client.prepare(fanout=True, retry=1).cast(
+            {}, 'report_status', request_id=request_id,
+            reply_topic=reply_topic, reply_server=reply_server)
+        endpoint.complete.wait(timeout)
+    finally:
+        server.stop()
+        server.wait()
+        transport.cleanup()
+    return list(endpoint.statuses)

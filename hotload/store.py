@@ -6,6 +6,9 @@ Layout::
     <state_dir>/generations/0000000007.json  one manifest per generation
     <state_dir>/manifest.json               the current generation
     <state_dir>/lock                         held by the one writer
+    <state_dir>/daemon.json                  the daemon's own status
+    <state_dir>/control/disabled.json        actions disabled by the CLI
+    <state_dir>/control/rescan               a full rescan asked by the CLI
 
 Every file is written to a temporary name, fsynced, renamed into place and
 its directory fsynced, so a reader (or a writer killed at any moment)
@@ -31,6 +34,7 @@ GENERATIONS = 'generations'
 BLOBS = 'blobs'
 LOCK = 'lock'
 STATUS = 'daemon.json'
+CONTROL = 'control'
 LOCK_POLL_INTERVAL = 0.1
 
 
@@ -129,10 +133,15 @@ class ManifestStore:
         self.generations_dir = os.path.join(state_dir, GENERATIONS)
         self.blobs = BlobStore(state_dir)
         self.status_path = os.path.join(state_dir, STATUS)
+        #: Requests from the CLI to the daemon, watched by the daemon.
+        self.control_dir = os.path.join(state_dir, CONTROL)
+        self.disabled_path = os.path.join(self.control_dir, 'disabled.json')
+        self.rescan_path = os.path.join(self.control_dir, 'rescan')
 
     def ensure(self) -> None:
         """Create the directory layout (the writer calls this)."""
         os.makedirs(self.generations_dir, mode=0o755, exist_ok=True)
+        os.makedirs(self.control_dir, mode=0o755, exist_ok=True)
         os.makedirs(self.blobs.root, mode=0o755, exist_ok=True)
 
     @contextlib.contextmanager
@@ -161,6 +170,36 @@ class ManifestStore:
             yield
         finally:
             os.close(fd)
+
+    def disabled(self) -> tuple[str, ...]:
+        """Action names disabled by the operator (kept across restarts)."""
+        try:
+            with open(self.disabled_path, 'rb') as stream:
+                return tuple(sorted(json.loads(stream.read())))
+        except FileNotFoundError:
+            return ()
+        except ValueError as exc:
+            raise exceptions.ManifestError(
+                f'{self.disabled_path}: not a JSON list: {exc}') from exc
+
+    def set_disabled(self, names: set[str]) -> None:
+        """Replace the disabled action names; the daemon applies them."""
+        os.makedirs(self.control_dir, mode=0o755, exist_ok=True)
+        atomic_write(self.disabled_path,
+                     json.dumps(sorted(names), indent=1).encode())
+
+    def request_rescan(self) -> None:
+        """Ask the daemon for a full rescan (every module probed again)."""
+        os.makedirs(self.control_dir, mode=0o755, exist_ok=True)
+        atomic_write(self.rescan_path, str(time.time()).encode())
+
+    def rescan_requested(self) -> float:
+        """When a full rescan was last requested (0: never)."""
+        try:
+            with open(self.rescan_path, 'rb') as stream:
+                return float(stream.read() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0.0
 
     def writer_running(self) -> bool:
         """True while a daemon holds this state directory's lock."""
@@ -239,10 +278,12 @@ class ManifestStore:
                keep: int) -> manifest_mod.Manifest:
         """Publish ``modules`` as the next generation if they changed.
 
+        The operator's disabled actions (:meth:`disabled`) are applied.
+
         :returns: the new manifest, or ``previous`` when nothing changed.
         """
         candidate = previous.next(modules, package_name, action_prefix,
-                                  self.next_generation())
+                                  self.next_generation(), self.disabled())
         if previous.generation and candidate.same_table(previous):
             return previous
         self.publish(candidate)

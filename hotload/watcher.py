@@ -60,6 +60,15 @@ class _Handler(events.FileSystemEventHandler):
             self.debouncer.handle_event(event)
 
 
+class _ControlHandler(events.FileSystemEventHandler):
+    def __init__(self, debouncer: event_debouncer.EventDebouncer) -> None:
+        self.debouncer = debouncer
+
+    def dispatch(self, event: events.FileSystemEvent) -> None:
+        if event.event_type in RELEVANT_EVENTS:
+            self.debouncer.handle_event(event)
+
+
 class TreeWatcher:
     """Calls ``on_changes`` once per burst of relevant changes.
 
@@ -68,17 +77,23 @@ class TreeWatcher:
         of one burst; it should return quickly (hand the work over).
     :param debounce_interval: Seconds to wait for more events after one
         arrives, at most, before calling ``on_changes``.
+    :param control_dir: A directory of requests (the state directory's
+        ``control/``) whose every change also counts.
     """
 
     def __init__(self, root: str,
                  on_changes: Callable[[list[events.FileSystemEvent]], None],
-                 debounce_interval: float) -> None:
+                 debounce_interval: float,
+                 control_dir: str | None = None) -> None:
         self.root = os.path.realpath(root)
         self._debouncer = event_debouncer.EventDebouncer(
             debounce_interval, on_changes)
         self._observer = inotify.InotifyObserver()
         self._observer.schedule(_Handler(self.root, self._debouncer),
                                 self.root, recursive=True)
+        if control_dir:
+            self._observer.schedule(_ControlHandler(self._debouncer),
+                                    control_dir, recursive=False)
 
     def start(self) -> None:
         self._debouncer.start()

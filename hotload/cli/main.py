@@ -1,12 +1,21 @@
 """``mistral-hotload``: inspect and operate hot-loaded Mistral actions."""
 
 import sys
+import warnings
 
 import importlib_metadata
 from cliff import app
 from cliff import commandmanager
+from oslo_service import backend
 
 from hotload import conf as hotload_conf
+
+# Commands reach oslo.service through oslo.messaging; choose its threading
+# backend before they are loaded (eventlet is deprecated), and keep the
+# warning that merely importing an installed eventlet prints off an
+# operator's terminal.
+warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')
+backend.init_backend(backend.BackendType.THREADING)
 
 DESCRIPTION = """\
 Inspect and operate mistral-hotload: check action modules before you deploy

@@ -1,28 +1,59 @@
-"""Commands that read what the daemon published on this node.
+"""Commands that operate the daemon and the Mistral processes of a node.
 
 They read the state directory (``state_dir``): the current manifest and the
-daemon's status file. Exit status of ``status``: 0 when the daemon runs and
-every file is served, 1 when some file has an error, 2 when the daemon is
-not running or nothing was published.
+daemon's status file; they write requests to its ``control/`` directory,
+which the daemon watches (so they work without a broker); and ``status``
+asks every Mistral process over oslo.messaging what it serves.
+
+Exit status of ``status``, for monitoring:
+
+* 0: the daemon runs, every file is served, every process that answered
+  serves the daemon's generation;
+* 1: some file has an error (its last good version, if any, is served);
+* 2: a process lags behind the daemon's generation, the daemon is not
+  running, or nothing was published yet.
 """
 
+import socket
+
 from cliff import columns
+from cliff import command
 from cliff import lister
 from cliff import show
 
 from hotload import exceptions
+from hotload import signals
 from hotload import store
 
 EXIT_OK = 0
 EXIT_FILE_ERRORS = 1
-EXIT_DAEMON_DOWN = 2
+EXIT_LAGGING = 2
+
+
+class CommandError(Exception):
+    """Reported by cliff as the command's error, exit status 1."""
 
 
 class LinesColumn(columns.FormattableColumn):
     """A list shown one item per line in tables, as a list in json/yaml."""
 
     def human_readable(self) -> str:
-        return '\n'.join(self._value)
+        return '\n'.join(str(item) for item in self._value)
+
+    def machine_readable(self):
+        return list(self._value)
+
+
+class ProcessesColumn(columns.FormattableColumn):
+    """Mistral processes: a line each in tables, dicts in json/yaml."""
+
+    def human_readable(self) -> str:
+        return '\n'.join(
+            f'{p["service"]} pid {p["pid"]} on {p["host"]}: generation '
+            f'{p["generation"]}, {p["actions"]} actions'
+            + (f' - {p["state"].upper()}' if p['state'] != 'ok' else '')
+            + ''.join(f'\n  error: {e}' for e in p['errors'])
+            for p in self._value)
 
     def machine_readable(self):
         return list(self._value)
@@ -33,37 +64,86 @@ class _StateCommand:
         return store.ManifestStore(self.app.conf.hotload.state_dir)
 
     def current(self):
-        states = self.states()
         try:
-            return states.load()
+            return self.states().load()
         except exceptions.ManifestError as exc:
-            raise RuntimeError(str(exc)) from None
+            raise CommandError(str(exc)) from None
+
+    def served_names(self) -> set[str]:
+        current = self.current()
+        return {a.name for a, _ in current.all_actions()} if current \
+            else set()
+
+
+def _processes(conf, generation: int, timeout: float, all_hosts: bool):
+    """The Mistral processes that answered, each with a ``state``."""
+    host = socket.gethostname()
+    found = []
+    for status in signals.collect_statuses(conf, timeout):
+        here = status.get('host') == host
+        if not (here or all_hosts):
+            continue
+        # Another node's processes follow that node's daemon.
+        if not here:
+            state = 'other host'
+        elif status.get('generation') != generation:
+            state = 'lagging'
+        else:
+            state = 'ok'
+        found.append(dict(status, state=state))
+    return sorted(found, key=lambda p: (p['host'], p['service'], p['pid']))
 
 
 class Status(_StateCommand, show.ShowOne):
-    """Show the daemon and what it serves: generation, actions, errors.
+    """Show the daemon, what it serves, and every Mistral process.
 
-    Exit status: 0 all served, 1 some file has an error, 2 the daemon is
-    not running (or has published nothing).
+    Exit status: 0 all served and converged, 1 some file has an error,
+    2 a process lags or the daemon is not running.
     """
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument(
+            '--timeout', type=float, default=2.0, metavar='SECONDS',
+            help='How long to wait for Mistral processes to answer '
+                 '(default: 2).')
+        parser.add_argument(
+            '--all-hosts', action='store_true',
+            help='Also list the processes of other nodes (each follows '
+                 'its own node\'s daemon, so they are never "lagging").')
+        parser.add_argument(
+            '--no-processes', action='store_true',
+            help='Do not ask the Mistral processes (no broker needed).')
+        return parser
 
     def take_action(self, parsed_args):
         states = self.states()
         current = self.current()
         status = states.load_status()
         running = states.writer_running()
+        generation = current.generation if current else 0
         daemon = 'running' if running else 'not running'
         if status.get('pid'):
             daemon += f' (pid {status["pid"]} on {status.get("host")})'
-        errors = []
-        if status.get('error'):
-            errors.append(status['error'])
+        errors = [status['error']] if status.get('error') else []
         if current:
             errors += [f'{e.location()}: {e.kind}: {e.message}'
                        + ('' if m.good else ' (never served)')
                        for m, e in current.errors()]
-        if not running or current is None:
-            self.exit_status = EXIT_DAEMON_DOWN
+        conf = self.app.conf
+        if parsed_args.no_processes:
+            processes = []
+        elif not signals.transport_configured(conf):
+            processes = []
+            self.app.stderr.write(
+                'No transport_url configured: Mistral processes cannot be '
+                'asked (they still load new generations by themselves).\n')
+        else:
+            processes = _processes(conf, generation, parsed_args.timeout,
+                                   parsed_args.all_hosts)
+        lagging = [p for p in processes if p['state'] == 'lagging']
+        if not running or current is None or lagging:
+            self.exit_status = EXIT_LAGGING
         elif errors:
             self.exit_status = EXIT_FILE_ERRORS
         else:
@@ -72,15 +152,17 @@ class Status(_StateCommand, show.ShowOne):
             'daemon': daemon,
             'actions_dir': status.get('actions_dir', ''),
             'state_dir': states.state_dir,
-            'generation': current.generation if current else 0,
+            'generation': generation,
             'published_at': current.created_at if current else '',
             'modules': len(current.modules) if current else 0,
             'actions': len(current.actions()) if current else 0,
+            'disabled': LinesColumn(current.disabled if current else ()),
             'last_scan': (f'{status["last_scan_at"]}: '
                           f'{status.get("last_scan_probed", 0)} probed in '
                           f'{status.get("last_scan_seconds", 0)} s')
             if status.get('last_scan_at') else '',
             'errors': LinesColumn(errors),
+            'processes': ProcessesColumn(processes),
         }
         return tuple(fields), tuple(fields.values())
 
@@ -97,6 +179,9 @@ class ActionList(_StateCommand, lister.Lister):
         parser.add_argument(
             '--long', action='store_true',
             help='Also show module, file, line, content key and generation.')
+        parser.add_argument(
+            '--all', action='store_true',
+            help='Include disabled actions (column "enabled").')
         return parser
 
     def take_action(self, parsed_args):
@@ -105,11 +190,130 @@ class ActionList(_StateCommand, lister.Lister):
         if parsed_args.long:
             columns_ += ('module', 'file', 'line', 'content_key',
                          'generation')
+        if parsed_args.all:
+            columns_ += ('enabled',)
         rows = []
-        for action, module in current.actions() if current else ():
+        found = current.all_actions() if current and parsed_args.all \
+            else current.actions() if current else ()
+        for action, module in found:
             row = (action.name, action.description, action.input)
             if parsed_args.long:
                 row += (module.name, module.path, action.line,
                         module.good.content_key, current.generation)
+            if parsed_args.all:
+                row += (action.name not in current.disabled,)
             rows.append(row)
         return columns_, rows
+
+
+class ActionShow(_StateCommand, show.ShowOne):
+    """Show one hot action: parameters, file, version, who loaded it."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument('name', metavar='NAME', help='Action name.')
+        parser.add_argument(
+            '--timeout', type=float, default=2.0, metavar='SECONDS',
+            help='How long to wait for Mistral processes to say whether '
+                 'they loaded it (default: 2).')
+        return parser
+
+    def take_action(self, parsed_args):
+        current = self.current()
+        found = {a.name: (a, m) for a, m in current.all_actions()} \
+            if current else {}
+        if parsed_args.name not in found:
+            raise CommandError(f'no hot action named {parsed_args.name}; '
+                               f'see mistral-hotload action list')
+        action, module = found[parsed_args.name]
+        loaded_by = []
+        if signals.transport_configured(self.app.conf):
+            key = module.good.content_key
+            loaded_by = [
+                f'{p["service"]} pid {p["pid"]} on {p["host"]}'
+                for p in _processes(self.app.conf, current.generation,
+                                    parsed_args.timeout, all_hosts=True)
+                if key in p.get('loaded', ())]
+        fields = {
+            'name': action.name,
+            'description': action.description,
+            'input': action.input,
+            'enabled': action.name not in current.disabled,
+            'class': action.class_name,
+            'module': module.name,
+            'file': module.path,
+            'line': action.line,
+            'sha256': module.good.sha256,
+            'content_key': module.good.content_key,
+            'imports': LinesColumn(
+                sorted(name for name, sha in module.good.imports.items()
+                       if sha)),
+            'generation': current.generation,
+            'error': (f'{module.error.location()}: {module.error.message} '
+                      f'(this version is the last good one)'
+                      if module.error else ''),
+            'loaded_by': LinesColumn(loaded_by),
+        }
+        return tuple(fields), tuple(fields.values())
+
+
+class _Toggle(_StateCommand, command.Command):
+    enable = True
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument('names', metavar='NAME', nargs='+',
+                            help='Action name.')
+        return parser
+
+    def take_action(self, parsed_args):
+        states = self.states()
+        known = self.served_names()
+        disabled = set(states.disabled())
+        for name in parsed_args.names:
+            if name not in known and name not in disabled:
+                raise CommandError(f'no hot action named {name}; see '
+                                   f'mistral-hotload action list --all')
+        if self.enable:
+            disabled -= set(parsed_args.names)
+        else:
+            disabled |= set(parsed_args.names)
+        states.set_disabled(disabled)
+        verb = 'enabled' if self.enable else 'disabled'
+        for name in parsed_args.names:
+            self.app.stdout.write(f'{name} {verb}\n')
+        if not states.writer_running():
+            self.app.stderr.write('The daemon is not running: this takes '
+                                  'effect when it starts.\n')
+        return 0
+
+
+class Disable(_Toggle):
+    """Hide actions from Mistral without deleting their files.
+
+    Kept across daemon restarts; the seed's ``unregister`` and ``clear``.
+    """
+
+    enable = False
+
+
+class Enable(_Toggle):
+    """Serve disabled actions again."""
+
+
+class Reload(_StateCommand, command.Command):
+    """Ask the daemon for a full rescan: every module is probed again.
+
+    Useful after installing a library that a module imports, which no file
+    change announces.
+    """
+
+    def take_action(self, parsed_args):
+        states = self.states()
+        if not states.writer_running():
+            raise CommandError('the daemon is not running; start it '
+                               '(systemctl start mistral-hotload)')
+        states.request_rescan()
+        self.app.stdout.write('Full rescan requested; see mistral-hotload '
+                              'status for the result.\n')
+        return 0

@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -174,3 +175,35 @@ def test_sigkill_and_restart_lose_nothing(tree, daemon):
     assert after.generation == before.generation
     assert after.modules == before.modules
     daemon.stop()
+
+
+def test_systemd_ready_after_first_generation_then_watchdog(tree, daemon,
+                                                            tmp_path):
+    tree.write('greet.py', GREET)
+    address = str(tmp_path / 'notify.sock')
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(DEADLINE)
+        os.environ['NOTIFY_SOCKET'] = address
+        os.environ['WATCHDOG_USEC'] = '200000'
+        try:
+            daemon.start()
+        finally:
+            del os.environ['NOTIFY_SOCKET'], os.environ['WATCHDOG_USEC']
+        first = sock.recv(4096).decode().split('\n')
+        # READY=1 only once the first generation is on disk.
+        generation_at_ready = daemon.generation()
+        assert first[0] == 'READY=1'
+        assert generation_at_ready == 1
+        assert 'STATUS=generation 1: 1 actions, 0 file errors' in first
+        keepalives = 0
+        while keepalives < 3:
+            if sock.recv(4096) == b'WATCHDOG=1':
+                keepalives += 1
+        tree.write('other.py', GREET.replace('Greet(', 'Other('))
+        wait_for(lambda: sock.recv(4096).startswith(b'STATUS=generation 2'),
+                 'a status update for generation 2')
+        daemon.stop()
+        messages = []
+        while b'STOPPING=1' not in messages:
+            messages.append(sock.recv(4096))
