@@ -8,9 +8,11 @@ Two things live here, and every OpenStack action module imports this one
   files or environment variables (no ``clouds.yaml``, no ``OS_*``): the only
   credential is the caller's token, and it is never logged.
 * :func:`wait_for_status` is the check-or-wait loop behind every
-  ``assert_status`` action, and :func:`api_errors` turns SDK and Keystone
-  errors into :class:`mistral_lib.exceptions.ActionException` with a message
-  that names the resource.
+  ``assert_status`` action, all subclasses of :class:`StatusAssertion` (a
+  base class, not exported: ``__export__ = False``), and
+  :func:`api_errors` turns SDK and Keystone errors into
+  :class:`mistral_lib.exceptions.ActionException` with a message that names
+  the resource.
 
 How the token becomes a connection
 ----------------------------------
@@ -40,6 +42,7 @@ and the ``public`` interface (:data:`INTERFACE`).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import time
 from collections.abc import Callable
@@ -53,6 +56,7 @@ from keystoneauth1 import access
 from keystoneauth1 import exceptions as ks_exceptions
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import access as access_plugin
+from mistral_lib import actions as ml_actions
 from mistral_lib import exceptions as ml_exceptions
 
 #: Catalog interface used to reach the services.
@@ -341,49 +345,90 @@ def wait_for_status(
         _sleep(min(interval, remaining))
 
 
-def assert_status(
-    context: Any,
-    fetch: Callable[[openstack.connection.Connection], Any],
-    *,
-    resource_type: str,
-    resource_id: str,
-    expected: str,
-    timeout: float = 0,
-    interval: float = DEFAULT_INTERVAL,
-    failure: Iterable[str] = (),
-    attribute: str = "status",
-    read: Callable[[Any], Any] | None = None,
-) -> dict[str, Any]:
-    """Run :func:`wait_for_status` on a fresh connection: the body of every
-    ``assert_status`` action.
+class StatusAssertion(ml_actions.Action):
+    """Base of the ``assert_status`` actions; not an action itself.
 
-    :param context: the action context passed to ``run()``.
-    :param fetch: callable taking the connection and returning the resource.
-    :param resource_type: human name of the resource, e.g. ``"volume"``.
-    :param resource_id: the resource's id, named in the messages.
-    :param expected: the status to reach.
-    :param timeout: seconds to wait; 0 checks once.
-    :param interval: seconds between two checks while waiting.
-    :param failure: statuses that fail immediately (unless expected).
-    :param attribute: the resource attribute holding the status.
-    :param read: optional callable extracting the status from the resource.
-    :returns: the resource as a dict (the action result).
-    :raises ActionException: see :func:`wait_for_status`.
+    :meth:`run` checks (and with ``timeout`` > 0 waits) until the resource
+    reaches the expected status, through :func:`wait_for_status` on a fresh
+    connection, and returns the resource as a dict. A subclass keeps only
+    what differs:
+
+    * its docstring and an explicit ``__init__`` (Mistral shows the
+      parameters of ``__init__``: the input names and defaults) that hands
+      its inputs on with ``super().__init__(resource_id, expected, timeout,
+      interval)``;
+    * :attr:`_resource_type` and :attr:`_failure_statuses`;
+    * :meth:`_fetch`, how to get the resource;
+    * for a status other than the resource's ``status`` attribute,
+      :attr:`_status_label`, :meth:`_read_status` and
+      :meth:`_expected_status`.
+
+    The settings are private class attributes: mistral-lib's serializer
+    rebuilds an action with public class attributes as a dynamic subclass.
     """
-    check_wait_args(timeout, interval)
-    with connect(context) as conn:
-        resource = wait_for_status(
-            lambda: fetch(conn),
-            resource_type=resource_type,
-            resource_id=resource_id,
-            expected=expected,
-            timeout=timeout,
-            interval=interval,
-            failure=failure,
-            attribute=attribute,
-            read=read,
-        )
-        return as_dict(resource)
+
+    __export__ = False
+
+    #: Human name of the resource in messages, e.g. ``"volume"``.
+    _resource_type = "resource"
+    #: Statuses that end the wait at once (unless expected).
+    _failure_statuses: tuple[str, ...] = ()
+    #: The word for the status in messages.
+    _status_label = "status"
+
+    def __init__(
+        self, resource_id: str, expected: str, timeout: float, interval: float
+    ) -> None:
+        super().__init__()
+        self.resource_id = resource_id
+        self.expected = expected
+        self.timeout = timeout
+        self.interval = interval
+
+    @abc.abstractmethod
+    def _fetch(self, conn: openstack.connection.Connection) -> Any:
+        """Get the resource ``self.resource_id``; SDK errors it raises are
+        reported by :func:`api_errors`.
+
+        :param conn: the connection.
+        :returns: the SDK resource.
+        """
+        raise NotImplementedError
+
+    def _expected_status(self) -> str:
+        """Return the status to reach, checked before any request.
+
+        :returns: the ``expected`` input as given.
+        :raises ActionException: when the input is not a valid status.
+        """
+        return self.expected
+
+    def _read_status(self, resource: Any) -> Any:
+        """Return the resource's current status (``None`` if unknown)."""
+        return getattr(resource, "status", None)
+
+    def run(self, context: Any) -> dict[str, Any]:
+        """Check the status, waiting up to ``timeout`` seconds.
+
+        :param context: the action context (see :func:`connect`).
+        :returns: the resource as a dict, once in the expected status.
+        :raises ActionException: see :func:`wait_for_status`.
+        """
+        expected = self._expected_status()
+        check_wait_args(self.timeout, self.interval)
+        with connect(context) as conn:
+            resource = wait_for_status(
+                lambda: self._fetch(conn),
+                resource_type=self._resource_type,
+                resource_id=self.resource_id,
+                expected=expected,
+                timeout=self.timeout,
+                interval=self.interval,
+                failure=self._failure_statuses,
+                attribute=self._status_label,
+                read=self._read_status,
+            )
+            return as_dict(resource)
 
 
 def check_wait_args(timeout: Any, interval: Any) -> tuple[float, float]:

@@ -129,7 +129,7 @@ def _max_chain_length(value: Any) -> int:
     return number
 
 
-class AssertStatus(actions.Action):
+class AssertStatus(common.StatusAssertion):
     """Assert a volume backup is in a given status, optionally waiting.
 
     Fails with the backup's id, its actual and the expected status. With
@@ -142,6 +142,9 @@ class AssertStatus(actions.Action):
     :param interval: seconds between two checks while waiting.
     """
 
+    _resource_type = "volume backup"
+    _failure_statuses = FAILURE_STATUSES
+
     def __init__(
         self,
         backup_id: str,
@@ -149,23 +152,10 @@ class AssertStatus(actions.Action):
         timeout: float = 0,
         interval: float = common.DEFAULT_INTERVAL,
     ) -> None:
-        super().__init__()
-        self.backup_id = backup_id
-        self.status = status
-        self.timeout = timeout
-        self.interval = interval
+        super().__init__(backup_id, status, timeout, interval)
 
-    def run(self, context: Any) -> dict[str, Any]:
-        return common.assert_status(
-            context,
-            lambda conn: conn.block_storage.get_backup(self.backup_id),
-            resource_type="volume backup",
-            resource_id=self.backup_id,
-            expected=self.status,
-            timeout=self.timeout,
-            interval=self.interval,
-            failure=FAILURE_STATUSES,
-        )
+    def _fetch(self, conn: Any) -> Any:
+        return conn.block_storage.get_backup(self.resource_id)
 
 
 class Create(actions.Action):

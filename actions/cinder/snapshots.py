@@ -12,7 +12,7 @@ from .. import common
 FAILURE_STATUSES = ("error", "error_deleting")
 
 
-class AssertStatus(actions.Action):
+class AssertStatus(common.StatusAssertion):
     """Assert a volume snapshot is in a given status, optionally waiting.
 
     Fails with the snapshot's id, its actual and the expected status. With
@@ -25,6 +25,9 @@ class AssertStatus(actions.Action):
     :param interval: seconds between two checks while waiting.
     """
 
+    _resource_type = "volume snapshot"
+    _failure_statuses = FAILURE_STATUSES
+
     def __init__(
         self,
         snapshot_id: str,
@@ -32,23 +35,10 @@ class AssertStatus(actions.Action):
         timeout: float = 0,
         interval: float = common.DEFAULT_INTERVAL,
     ) -> None:
-        super().__init__()
-        self.snapshot_id = snapshot_id
-        self.status = status
-        self.timeout = timeout
-        self.interval = interval
+        super().__init__(snapshot_id, status, timeout, interval)
 
-    def run(self, context: Any) -> dict[str, Any]:
-        return common.assert_status(
-            context,
-            lambda conn: conn.block_storage.get_snapshot(self.snapshot_id),
-            resource_type="volume snapshot",
-            resource_id=self.snapshot_id,
-            expected=self.status,
-            timeout=self.timeout,
-            interval=self.interval,
-            failure=FAILURE_STATUSES,
-        )
+    def _fetch(self, conn: Any) -> Any:
+        return conn.block_storage.get_snapshot(self.resource_id)
 
 
 class Create(actions.Action):

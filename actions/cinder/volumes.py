@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from mistral_lib import actions
-
 from .. import common
 
 #: Volume statuses from which waiting for another status is pointless.
@@ -18,7 +16,7 @@ FAILURE_STATUSES = (
 )
 
 
-class AssertStatus(actions.Action):
+class AssertStatus(common.StatusAssertion):
     """Assert a volume is in a given status, optionally waiting for it.
 
     Fails with the volume's id, its actual and the expected status. With
@@ -31,6 +29,9 @@ class AssertStatus(actions.Action):
     :param interval: seconds between two checks while waiting.
     """
 
+    _resource_type = "volume"
+    _failure_statuses = FAILURE_STATUSES
+
     def __init__(
         self,
         volume_id: str,
@@ -38,20 +39,7 @@ class AssertStatus(actions.Action):
         timeout: float = 0,
         interval: float = common.DEFAULT_INTERVAL,
     ) -> None:
-        super().__init__()
-        self.volume_id = volume_id
-        self.status = status
-        self.timeout = timeout
-        self.interval = interval
+        super().__init__(volume_id, status, timeout, interval)
 
-    def run(self, context: Any) -> dict[str, Any]:
-        return common.assert_status(
-            context,
-            lambda conn: conn.block_storage.get_volume(self.volume_id),
-            resource_type="volume",
-            resource_id=self.volume_id,
-            expected=self.status,
-            timeout=self.timeout,
-            interval=self.interval,
-            failure=FAILURE_STATUSES,
-        )
+    def _fetch(self, conn: Any) -> Any:
+        return conn.block_storage.get_volume(self.resource_id)

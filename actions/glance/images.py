@@ -12,7 +12,7 @@ from .. import common
 FAILURE_STATUSES = ("killed", "deleted", "pending_delete")
 
 
-class AssertStatus(actions.Action):
+class AssertStatus(common.StatusAssertion):
     """Assert an image is in a given status, optionally waiting for it.
 
     Fails with the image's id, its actual and the expected status. With
@@ -25,6 +25,9 @@ class AssertStatus(actions.Action):
     :param interval: seconds between two checks while waiting.
     """
 
+    _resource_type = "image"
+    _failure_statuses = FAILURE_STATUSES
+
     def __init__(
         self,
         image_id: str,
@@ -32,23 +35,10 @@ class AssertStatus(actions.Action):
         timeout: float = 0,
         interval: float = common.DEFAULT_INTERVAL,
     ) -> None:
-        super().__init__()
-        self.image_id = image_id
-        self.status = status
-        self.timeout = timeout
-        self.interval = interval
+        super().__init__(image_id, status, timeout, interval)
 
-    def run(self, context: Any) -> dict[str, Any]:
-        return common.assert_status(
-            context,
-            lambda conn: conn.image.get_image(self.image_id),
-            resource_type="image",
-            resource_id=self.image_id,
-            expected=self.status,
-            timeout=self.timeout,
-            interval=self.interval,
-            failure=FAILURE_STATUSES,
-        )
+    def _fetch(self, conn: Any) -> Any:
+        return conn.image.get_image(self.resource_id)
 
 
 class FilterBy(actions.Action):

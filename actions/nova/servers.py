@@ -41,7 +41,7 @@ def _get_server(conn: Any, server_id: str) -> Any:
     return conn.compute.get_server(server_id)
 
 
-class AssertStatus(actions.Action):
+class AssertStatus(common.StatusAssertion):
     """Assert a server is in a given status, optionally waiting for it.
 
     Fails with the server's id, its actual and the expected status. With
@@ -54,6 +54,9 @@ class AssertStatus(actions.Action):
     :param interval: seconds between two checks while waiting.
     """
 
+    _resource_type = "server"
+    _failure_statuses = FAILURE_STATUSES
+
     def __init__(
         self,
         server_id: str,
@@ -61,23 +64,10 @@ class AssertStatus(actions.Action):
         timeout: float = 0,
         interval: float = common.DEFAULT_INTERVAL,
     ) -> None:
-        super().__init__()
-        self.server_id = server_id
-        self.status = status
-        self.timeout = timeout
-        self.interval = interval
+        super().__init__(server_id, status, timeout, interval)
 
-    def run(self, context: Any) -> dict[str, Any]:
-        return common.assert_status(
-            context,
-            lambda conn: _get_server(conn, self.server_id),
-            resource_type="server",
-            resource_id=self.server_id,
-            expected=self.status,
-            timeout=self.timeout,
-            interval=self.interval,
-            failure=FAILURE_STATUSES,
-        )
+    def _fetch(self, conn: Any) -> Any:
+        return _get_server(conn, self.resource_id)
 
 
 class GetStatus(actions.Action):
@@ -108,7 +98,7 @@ class GetStatus(actions.Action):
         }
 
 
-class AssertPowerStatus(actions.Action):
+class AssertPowerStatus(common.StatusAssertion):
     """Assert a server is in a given power state, optionally waiting for it.
 
     Power states are Nova's: ``RUNNING``, ``SHUTDOWN``, ``PAUSED``,
@@ -122,6 +112,9 @@ class AssertPowerStatus(actions.Action):
     :param interval: seconds between two checks while waiting.
     """
 
+    _resource_type = "server"
+    _status_label = "power state"
+
     def __init__(
         self,
         server_id: str,
@@ -129,27 +122,19 @@ class AssertPowerStatus(actions.Action):
         timeout: float = 0,
         interval: float = common.DEFAULT_INTERVAL,
     ) -> None:
-        super().__init__()
-        self.server_id = server_id
-        self.power_state = power_state
-        self.timeout = timeout
-        self.interval = interval
+        super().__init__(server_id, power_state, timeout, interval)
 
-    def run(self, context: Any) -> dict[str, Any]:
-        expected = power_state_name(self.power_state)
+    def _fetch(self, conn: Any) -> Any:
+        return _get_server(conn, self.resource_id)
+
+    def _expected_status(self) -> str:
+        expected = power_state_name(self.expected)
         if expected not in POWER_STATES.values():
             known = ", ".join(POWER_STATES.values())
             raise common.fail(
-                f"unknown power state {self.power_state!r}; use one of {known}"
+                f"unknown power state {self.expected!r}; use one of {known}"
             )
-        return common.assert_status(
-            context,
-            lambda conn: _get_server(conn, self.server_id),
-            resource_type="server",
-            resource_id=self.server_id,
-            expected=expected,
-            timeout=self.timeout,
-            interval=self.interval,
-            attribute="power state",
-            read=lambda server: power_state_name(server.power_state),
-        )
+        return expected
+
+    def _read_status(self, resource: Any) -> str | None:
+        return power_state_name(resource.power_state)

@@ -57,7 +57,7 @@ class TroveBackup(resource.Resource):
     updated_at = resource.Body("updated")
 
 
-class AssertStatus(actions.Action):
+class AssertStatus(common.StatusAssertion):
     """Assert a Trove backup is in a given status, optionally waiting.
 
     Fails with the backup's id, its actual and the expected status. With
@@ -70,6 +70,9 @@ class AssertStatus(actions.Action):
     :param interval: seconds between two checks while waiting.
     """
 
+    _resource_type = "database backup"
+    _failure_statuses = FAILURE_STATUSES
+
     def __init__(
         self,
         backup_id: str,
@@ -77,23 +80,10 @@ class AssertStatus(actions.Action):
         timeout: float = 0,
         interval: float = common.DEFAULT_INTERVAL,
     ) -> None:
-        super().__init__()
-        self.backup_id = backup_id
-        self.status = status
-        self.timeout = timeout
-        self.interval = interval
+        super().__init__(backup_id, status, timeout, interval)
 
-    def run(self, context: Any) -> dict[str, Any]:
-        return common.assert_status(
-            context,
-            lambda conn: TroveBackup(id=self.backup_id).fetch(conn.database),
-            resource_type="database backup",
-            resource_id=self.backup_id,
-            expected=self.status,
-            timeout=self.timeout,
-            interval=self.interval,
-            failure=FAILURE_STATUSES,
-        )
+    def _fetch(self, conn: Any) -> Any:
+        return TroveBackup(id=self.resource_id).fetch(conn.database)
 
 
 class Create(actions.Action):

@@ -299,6 +299,21 @@ class FakeCloud:
         kwargs["json" if isinstance(body, dict) else "text"] = body
         return self.mock.register_uri(method, url, **kwargs)
 
+    def fault(
+        self, method: str, url: str, status: int, name: str, message: str
+    ) -> Any:
+        """Register an error response with the fault body Nova, Cinder and
+        Trove send: ``{name: {"code": status, "message": message}}``.
+
+        :param method: HTTP method.
+        :param url: full URL.
+        :param status: HTTP status code.
+        :param name: the fault's name, e.g. ``"itemNotFound"``.
+        :param message: the service's message.
+        """
+        body = {name: {"code": status, "message": message}}
+        return self.fail(method, url, status, body)
+
     def context(self, **overrides: Any) -> ml_context.ActionContext:
         """An action context for this cloud (no catalog: Keystone is asked).
 
@@ -325,6 +340,35 @@ def cloud():
     """A fake cloud; register resource responses on ``cloud.mock``."""
     with requests_mock.Mocker() as mocker:
         yield FakeCloud(mocker)
+
+
+def _volume_body(volume_id: str, status: str = "available") -> dict:
+    return {
+        "volume": {
+            "id": volume_id,
+            "name": "data",
+            "status": status,
+            "size": 10,
+            "availability_zone": "nova",
+            "bootable": "false",
+            "encrypted": False,
+            "multiattach": False,
+            "created_at": "2024-05-01T10:00:00.000000",
+            "updated_at": "2024-05-01T10:00:05.000000",
+            "attachments": [],
+            "volume_type": "lvmdriver-1",
+            "metadata": {},
+            "os-vol-tenant-attr:tenant_id": PROJECT_ID,
+            "links": [],
+        }
+    }
+
+
+@pytest.fixture
+def volume_body():
+    """Build Cinder's ``GET /volumes/<id>`` response body:
+    ``volume_body(volume_id, status="available")``."""
+    return _volume_body
 
 
 @pytest.fixture

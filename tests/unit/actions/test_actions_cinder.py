@@ -23,44 +23,16 @@ SNAPSHOT_ID = "2bb856e1-b3d8-4432-a858-09e4ce939389"
 BACKUP_ID = "6ff3d0b4-9a46-4b34-a5cf-2a35d0e6a3c1"
 
 
-def _not_found(kind: str, ident: str) -> dict:
-    return {
-        "itemNotFound": {
-            "code": 404,
-            "message": f"{kind} {ident} could not be found.",
-        }
-    }
+SERVER_ERROR = (
+    "The server has either erred or is incapable of performing the "
+    "requested operation."
+)
 
 
-SERVER_ERROR = {
-    "computeFault": {
-        "code": 500,
-        "message": "The server has either erred or is incapable of "
-        "performing the requested operation.",
-    }
-}
-
-
-def _volume(status: str) -> dict:
-    return {
-        "volume": {
-            "id": VOLUME_ID,
-            "name": "data",
-            "status": status,
-            "size": 10,
-            "availability_zone": "nova",
-            "bootable": "false",
-            "encrypted": False,
-            "multiattach": False,
-            "created_at": "2024-05-01T10:00:00.000000",
-            "updated_at": "2024-05-01T10:00:05.000000",
-            "attachments": [],
-            "volume_type": "lvmdriver-1",
-            "metadata": {},
-            "os-vol-tenant-attr:tenant_id": "0c4e939acacf4376bdcd1129f1a054ad",
-            "links": [],
-        }
-    }
+def _not_found(cloud, method: str, url: str, kind: str, ident: str):
+    return cloud.fault(
+        method, url, 404, "itemNotFound", f"{kind} {ident} could not be found."
+    )
 
 
 def _snapshot(status: str) -> dict:
@@ -117,16 +89,22 @@ def _backup(
 class TestVolumeAssertStatus:
     url = f"/volumes/{VOLUME_ID}"
 
-    def test_status_matches(self, cloud):
-        cloud.mock.get(cloud.block_storage + self.url, json=_volume("in-use"))
+    def test_status_matches(self, cloud, volume_body):
+        cloud.mock.get(
+            cloud.block_storage + self.url,
+            json=volume_body(VOLUME_ID, "in-use"),
+        )
         result = volumes.AssertStatus(VOLUME_ID, status="in-use").run(
             cloud.context()
         )
         assert result["id"] == VOLUME_ID
         assert result["status"] == "in-use"
 
-    def test_wrong_status(self, cloud):
-        cloud.mock.get(cloud.block_storage + self.url, json=_volume("error"))
+    def test_wrong_status(self, cloud, volume_body):
+        cloud.mock.get(
+            cloud.block_storage + self.url,
+            json=volume_body(VOLUME_ID, "error"),
+        )
         with pytest.raises(ActionException) as exc:
             volumes.AssertStatus(VOLUME_ID).run(cloud.context())
         assert str(exc.value) == (
@@ -134,18 +112,21 @@ class TestVolumeAssertStatus:
         )
 
     def test_not_found(self, cloud):
-        cloud.fail(
-            "GET",
-            cloud.block_storage + self.url,
-            404,
-            _not_found("Volume", VOLUME_ID),
+        _not_found(
+            cloud, "GET", cloud.block_storage + self.url, "Volume", VOLUME_ID
         )
         with pytest.raises(ActionException) as exc:
             volumes.AssertStatus(VOLUME_ID).run(cloud.context())
         assert str(exc.value) == f"volume '{VOLUME_ID}' not found"
 
     def test_api_error(self, cloud):
-        cloud.fail("GET", cloud.block_storage + self.url, 500, SERVER_ERROR)
+        cloud.fault(
+            "GET",
+            cloud.block_storage + self.url,
+            500,
+            "computeFault",
+            SERVER_ERROR,
+        )
         with pytest.raises(ActionException) as exc:
             volumes.AssertStatus(VOLUME_ID).run(cloud.context())
         assert str(exc.value) == (
@@ -155,13 +136,13 @@ class TestVolumeAssertStatus:
             "(request id req-6c1b4a5e-test)"
         )
 
-    def test_waits_for_status(self, cloud, fake_clock):
+    def test_waits_for_status(self, cloud, fake_clock, volume_body):
         cloud.mock.get(
             cloud.block_storage + self.url,
             [
-                {"json": _volume("creating")},
-                {"json": _volume("creating")},
-                {"json": _volume("available")},
+                {"json": volume_body(VOLUME_ID, "creating")},
+                {"json": volume_body(VOLUME_ID, "creating")},
+                {"json": volume_body(VOLUME_ID, "available")},
             ],
         )
         result = volumes.AssertStatus(VOLUME_ID, timeout=60, interval=2).run(
@@ -170,10 +151,13 @@ class TestVolumeAssertStatus:
         assert result["status"] == "available"
         assert fake_clock == [2, 2]
 
-    def test_error_status_ends_the_wait(self, cloud, fake_clock):
+    def test_error_status_ends_the_wait(self, cloud, fake_clock, volume_body):
         cloud.mock.get(
             cloud.block_storage + self.url,
-            [{"json": _volume("creating")}, {"json": _volume("error")}],
+            [
+                {"json": volume_body(VOLUME_ID, "creating")},
+                {"json": volume_body(VOLUME_ID, "error")},
+            ],
         )
         with pytest.raises(ActionException, match="'error', expected"):
             volumes.AssertStatus(VOLUME_ID, timeout=600).run(cloud.context())
@@ -212,11 +196,12 @@ class TestSnapshots:
         )
 
     def test_assert_not_found(self, cloud):
-        cloud.fail(
+        _not_found(
+            cloud,
             "GET",
             cloud.block_storage + self.url,
-            404,
-            _not_found("Snapshot", SNAPSHOT_ID),
+            "Snapshot",
+            SNAPSHOT_ID,
         )
         with pytest.raises(ActionException, match="snapshot .* not found"):
             snapshots.AssertStatus(SNAPSHOT_ID).run(cloud.context())
@@ -241,18 +226,13 @@ class TestSnapshots:
         }
 
     def test_create_api_error(self, cloud):
-        cloud.fail(
+        cloud.fault(
             "POST",
             cloud.block_storage + "/snapshots",
             400,
-            {
-                "badRequest": {
-                    "code": 400,
-                    "message": "Invalid volume: Volume "
-                    f"{VOLUME_ID} status must be available, but current "
-                    "status is: in-use.",
-                }
-            },
+            "badRequest",
+            f"Invalid volume: Volume {VOLUME_ID} status must be available, "
+            "but current status is: in-use.",
         )
         with pytest.raises(ActionException) as exc:
             snapshots.Create(VOLUME_ID).run(cloud.context())
@@ -292,11 +272,8 @@ class TestBackupAssertStatus:
         )
 
     def test_not_found(self, cloud):
-        cloud.fail(
-            "GET",
-            cloud.block_storage + self.url,
-            404,
-            _not_found("Backup", BACKUP_ID),
+        _not_found(
+            cloud, "GET", cloud.block_storage + self.url, "Backup", BACKUP_ID
         )
         with pytest.raises(ActionException) as exc:
             backups.AssertStatus(BACKUP_ID).run(cloud.context())
@@ -519,18 +496,13 @@ def test_create_ignores_other_volumes_backups(cloud):
 
 def test_create_api_error_on_create(cloud):
     _Cinder(cloud, _chain(1))
-    cloud.fail(
+    cloud.fault(
         "POST",
         cloud.block_storage + "/backups",
         400,
-        {
-            "badRequest": {
-                "code": 400,
-                "message": "Invalid volume: Volume to be backed up must be "
-                "available or in-use, but the current status is "
-                '"backing-up".',
-            }
-        },
+        "badRequest",
+        "Invalid volume: Volume to be backed up must be available or in-use, "
+        'but the current status is "backing-up".',
     )
     with pytest.raises(ActionException) as exc:
         backups.Create(VOLUME_ID, "nightly").run(cloud.context())
@@ -544,11 +516,8 @@ def test_create_volume_not_found(cloud):
     cloud.mock.get(
         cloud.block_storage + "/backups/detail", json={"backups": []}
     )
-    cloud.fail(
-        "POST",
-        cloud.block_storage + "/backups",
-        404,
-        _not_found("Volume", VOLUME_ID),
+    _not_found(
+        cloud, "POST", cloud.block_storage + "/backups", "Volume", VOLUME_ID
     )
     with pytest.raises(ActionException) as exc:
         backups.Create(VOLUME_ID, "nightly").run(cloud.context())
@@ -556,8 +525,12 @@ def test_create_volume_not_found(cloud):
 
 
 def test_create_api_error_on_listing(cloud):
-    cloud.fail(
-        "GET", cloud.block_storage + "/backups/detail", 500, SERVER_ERROR
+    cloud.fault(
+        "GET",
+        cloud.block_storage + "/backups/detail",
+        500,
+        "computeFault",
+        SERVER_ERROR,
     )
     post = cloud.mock.post(cloud.block_storage + "/backups", status_code=202)
     with pytest.raises(ActionException, match="backups of volume"):

@@ -15,28 +15,12 @@ import openstack.exceptions
 import pytest
 from keystoneauth1 import exceptions as ks_exceptions
 from mistral_lib.exceptions import ActionException
+from mistral_lib.utils import inspect_utils
 from oslo_config import cfg
 
 from hotload_actions import common
 
 VOLUME_ID = "5aa119a8-d25b-45a7-8d1b-88e127885635"
-
-
-def _volume(status: str = "available") -> dict:
-    return {
-        "volume": {
-            "id": VOLUME_ID,
-            "name": "data",
-            "status": status,
-            "size": 10,
-            "availability_zone": "nova",
-            "bootable": "false",
-            "created_at": "2024-05-01T10:00:00.000000",
-            "attachments": [],
-            "volume_type": "lvmdriver-1",
-            "metadata": {},
-        }
-    }
 
 
 def _get_volume(context):
@@ -49,12 +33,15 @@ def _get_volume(context):
 # --------------------------------------------------------------------------
 
 
-def test_connect_validates_token_when_context_has_no_catalog(cloud):
+def test_connect_validates_token_when_context_has_no_catalog(
+    cloud, volume_body
+):
     """No catalog in the context: one GET /v3/auth/tokens for the token
     itself (no new token is issued), then the service is called with the
     workflow's token."""
     cloud.mock.get(
-        f"{cloud.block_storage}/volumes/{VOLUME_ID}", json=_volume()
+        f"{cloud.block_storage}/volumes/{VOLUME_ID}",
+        json=volume_body(VOLUME_ID),
     )
 
     volume = _get_volume(cloud.context())
@@ -75,7 +62,9 @@ def test_connect_validates_token_when_context_has_no_catalog(cloud):
     "shape",
     ["inner-token", "whole-response", "catalog-list"],
 )
-def test_connect_uses_catalog_from_context_without_keystone(cloud, shape):
+def test_connect_uses_catalog_from_context_without_keystone(
+    cloud, shape, volume_body
+):
     """A catalog in the context (as Mistral stores it, or wrapped, or a
     bare list) is used as is: Keystone is not called at all."""
     data = copy.deepcopy(cloud.token_data)
@@ -85,7 +74,8 @@ def test_connect_uses_catalog_from_context_without_keystone(cloud, shape):
         "catalog-list": data["catalog"],
     }[shape]
     cloud.mock.get(
-        f"{cloud.block_storage}/volumes/{VOLUME_ID}", json=_volume()
+        f"{cloud.block_storage}/volumes/{VOLUME_ID}",
+        json=volume_body(VOLUME_ID),
     )
 
     volume = _get_volume(cloud.context(service_catalog=catalog))
@@ -96,7 +86,7 @@ def test_connect_uses_catalog_from_context_without_keystone(cloud, shape):
     assert call.headers["X-Auth-Token"] == cloud.token
 
 
-def test_connect_picks_the_context_region(cloud):
+def test_connect_picks_the_context_region(cloud, volume_body):
     """Endpoints are chosen for region_name of the context."""
     data = copy.deepcopy(cloud.token_data)
     other = "https://block-storage.region-two.example.com/v3/" + (
@@ -113,7 +103,9 @@ def test_connect_picks_the_context_region(cloud):
         "https://block-storage.region-two.example.com/v3/",
         json={"versions": []},
     )
-    cloud.mock.get(f"{other}/volumes/{VOLUME_ID}", json=_volume("in-use"))
+    cloud.mock.get(
+        f"{other}/volumes/{VOLUME_ID}", json=volume_body(VOLUME_ID, "in-use")
+    )
 
     volume = _get_volume(
         cloud.context(service_catalog=data, region_name="RegionTwo")
@@ -178,7 +170,9 @@ def test_connect_reports_unreachable_keystone(cloud):
         common.connect(cloud.context())
 
 
-def test_trust_context_falls_back_to_mistral_keystone_url(cloud, monkeypatch):
+def test_trust_context_falls_back_to_mistral_keystone_url(
+    cloud, monkeypatch, volume_body
+):
     """Cron-trigger contexts have no auth_uri: Mistral's own
     [keystone_authtoken] www_authenticate_uri is used."""
     conf = cfg.ConfigOpts()
@@ -193,7 +187,8 @@ def test_trust_context_falls_back_to_mistral_keystone_url(cloud, monkeypatch):
     )
     monkeypatch.setattr(cfg, "CONF", conf)
     cloud.mock.get(
-        f"{cloud.block_storage}/volumes/{VOLUME_ID}", json=_volume()
+        f"{cloud.block_storage}/volumes/{VOLUME_ID}",
+        json=volume_body(VOLUME_ID),
     )
 
     volume = _get_volume(
@@ -209,9 +204,10 @@ def test_mistral_keystone_url_absent_outside_mistral(monkeypatch):
     assert common._mistral_auth_uri() is None
 
 
-def test_token_is_never_logged(cloud, caplog):
+def test_token_is_never_logged(cloud, caplog, volume_body):
     cloud.mock.get(
-        f"{cloud.block_storage}/volumes/{VOLUME_ID}", json=_volume()
+        f"{cloud.block_storage}/volumes/{VOLUME_ID}",
+        json=volume_body(VOLUME_ID),
     )
     with caplog.at_level(logging.DEBUG):
         _get_volume(cloud.context())
@@ -404,3 +400,18 @@ def test_wait_rejects_bad_arguments(timeout, interval):
 def test_check_wait_args_defaults():
     assert common.check_wait_args(None, None) == (0.0, common.DEFAULT_INTERVAL)
     assert common.check_wait_args("30", "2.5") == (30.0, 2.5)
+
+
+# --------------------------------------------------------------------------
+# StatusAssertion
+# --------------------------------------------------------------------------
+
+
+def test_status_assertion_is_a_base_class():
+    """Not exported itself, no public class attributes (the serializer would
+    make a dynamic subclass), and a subclass must say how to fetch the
+    resource (the daemon reports one without _fetch() as abstract)."""
+    base = common.StatusAssertion
+    assert base.__dict__["__export__"] is False
+    assert inspect_utils.get_public_fields(base) == {}
+    assert base._fetch.__isabstractmethod__

@@ -61,17 +61,18 @@ def _server(status: str = "ACTIVE", power_state: int | None = 1) -> dict:
     return {"server": body}
 
 
-NOT_FOUND = {
-    "itemNotFound": {
-        "code": 404,
-        "message": "Instance ef7ee146-1c27-448f-b948-d8821c59ec51 could not "
-        "be found.",
-    }
-}
-
-
 def _url(cloud):
     return f"{cloud.compute}/servers/{SERVER_ID}"
+
+
+def _not_found(cloud):
+    return cloud.fault(
+        "GET",
+        _url(cloud),
+        404,
+        "itemNotFound",
+        f"Instance {SERVER_ID} could not be found.",
+    )
 
 
 class TestAssertStatus:
@@ -111,23 +112,19 @@ class TestAssertStatus:
         assert fake_clock == []
 
     def test_not_found(self, cloud):
-        cloud.fail("GET", _url(cloud), 404, NOT_FOUND)
+        _not_found(cloud)
         with pytest.raises(ActionException) as exc:
             servers.AssertStatus(SERVER_ID).run(cloud.context())
         assert str(exc.value) == f"server '{SERVER_ID}' not found"
 
     def test_api_error(self, cloud):
-        cloud.fail(
+        cloud.fault(
             "GET",
             _url(cloud),
             403,
-            {
-                "forbidden": {
-                    "code": 403,
-                    "message": "Policy doesn't allow os_compute_api:servers:"
-                    "show to be performed.",
-                }
-            },
+            "forbidden",
+            "Policy doesn't allow os_compute_api:servers:show to be "
+            "performed.",
         )
         with pytest.raises(ActionException) as exc:
             servers.AssertStatus(SERVER_ID).run(cloud.context())
@@ -153,7 +150,7 @@ class TestGetStatus:
         assert result["power_state"] is None
 
     def test_not_found(self, cloud):
-        cloud.fail("GET", _url(cloud), 404, NOT_FOUND)
+        _not_found(cloud)
         with pytest.raises(ActionException, match="not found"):
             servers.GetStatus(SERVER_ID).run(cloud.context())
 
@@ -209,7 +206,7 @@ class TestAssertPowerStatus:
         assert not cloud.mock.request_history
 
     def test_not_found(self, cloud):
-        cloud.fail("GET", _url(cloud), 404, NOT_FOUND)
+        _not_found(cloud)
         with pytest.raises(ActionException, match="not found"):
             servers.AssertPowerStatus(SERVER_ID).run(cloud.context())
 

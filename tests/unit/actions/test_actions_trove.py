@@ -75,33 +75,25 @@ class TestAssertStatus:
         assert fake_clock == [30]
 
     def test_not_found(self, cloud):
-        cloud.fail(
+        cloud.fault(
             "GET",
             self.url(cloud),
             404,
-            {
-                "itemNotFound": {
-                    "code": 404,
-                    "message": f"Backup {BACKUP_ID} cannot be found.",
-                }
-            },
+            "itemNotFound",
+            f"Backup {BACKUP_ID} cannot be found.",
         )
         with pytest.raises(ActionException) as exc:
             backups.AssertStatus(BACKUP_ID).run(cloud.context())
         assert str(exc.value) == f"database backup '{BACKUP_ID}' not found"
 
     def test_api_error(self, cloud):
-        cloud.fail(
+        cloud.fault(
             "GET",
             self.url(cloud),
             500,
-            {
-                "internalServerError": {
-                    "code": 500,
-                    "message": "The server has either erred or is incapable "
-                    "of performing the requested operation.",
-                }
-            },
+            "internalServerError",
+            "The server has either erred or is incapable of performing the "
+            "requested operation.",
         )
         with pytest.raises(ActionException) as exc:
             backups.AssertStatus(BACKUP_ID).run(cloud.context())
@@ -154,16 +146,12 @@ class TestCreate:
         assert result["parent_id"] == parent
 
     def test_instance_not_found(self, cloud):
-        cloud.fail(
+        cloud.fault(
             "POST",
             self.url(cloud),
             404,
-            {
-                "itemNotFound": {
-                    "code": 404,
-                    "message": f"Instance {INSTANCE_ID} cannot be found.",
-                }
-            },
+            "itemNotFound",
+            f"Instance {INSTANCE_ID} cannot be found.",
         )
         with pytest.raises(ActionException) as exc:
             backups.Create(INSTANCE_ID, "x").run(cloud.context())
@@ -172,17 +160,13 @@ class TestCreate:
         )
 
     def test_api_error(self, cloud):
-        cloud.fail(
+        cloud.fault(
             "POST",
             self.url(cloud),
             422,
-            {
-                "unprocessableEntity": {
-                    "code": 422,
-                    "message": "Instance is not currently available for an "
-                    "action to be performed (status was BACKUP).",
-                }
-            },
+            "unprocessableEntity",
+            "Instance is not currently available for an action to be "
+            "performed (status was BACKUP).",
         )
         with pytest.raises(ActionException) as exc:
             backups.Create(INSTANCE_ID, "x").run(cloud.context())
