@@ -1,0 +1,329 @@
+"""``mistral-hotload doctor``, run as an operator runs it.
+
+The good setup needs what the functional tests need: the Mistral 23
+virtualenv of tools/mistral_harness.py and RabbitMQ on 127.0.0.1:5672
+(tools/ensure-services). Without them these tests fail; they never skip.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from oslo_config import cfg
+
+from hotload import conf as hotload_conf
+from hotload import store
+from hotload.cli import doctor
+from tests.unit.conftest import GREET
+
+DEADLINE = 30.0
+CHECKS = ['provider', 'allow/deny lists', 'actions_dir', 'state_dir',
+          'broker', 'daemon']
+
+
+def mistral_venv() -> pathlib.Path:
+    """Where tools/mistral_harness.py keeps its Mistral 23 virtualenv."""
+    if os.environ.get('MISTRAL_HARNESS_VENV'):
+        return pathlib.Path(os.environ['MISTRAL_HARNESS_VENV'])
+    cache = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+    return pathlib.Path(cache) / 'mistral-hotload' / 'mistral23-venv'
+
+
+def wait_for(predicate, what: str, deadline: float = DEADLINE):
+    """Poll ``predicate`` until it returns something truthy."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f'timed out after {deadline} s waiting for {what}')
+
+
+def write_conf(path, text: str) -> str:
+    path = str(path)
+    with open(path, 'w') as stream:
+        stream.write(textwrap.dedent(text))
+    return path
+
+
+def run_doctor(config: str, *args: str,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, '-m', 'hotload.cli.main', '--config-file', config,
+         'doctor', *args],
+        capture_output=True, text=True, timeout=180, env=env)
+
+
+def rows_of(result: subprocess.CompletedProcess) -> dict[str, dict]:
+    rows = json.loads(result.stdout)
+    assert [r['Check'] for r in rows] == CHECKS
+    return {r['Check']: r for r in rows}
+
+
+@pytest.fixture(scope='module')
+def fresh_python(tmp_path_factory) -> str:
+    """The Python of a new virtualenv without this project (or Mistral)."""
+    venv = tmp_path_factory.mktemp('fresh') / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(venv)],
+                   check=True, timeout=120)
+    return str(venv / 'bin' / 'python')
+
+
+@pytest.fixture
+def actions_dir(tmp_path) -> str:
+    os.chmod(tmp_path, 0o755)
+    root = tmp_path / 'actions'
+    root.mkdir(mode=0o755)
+    os.chmod(root, 0o755)
+    return str(root)
+
+
+def test_broken_setup_names_each_problem_and_its_fix(tmp_path, actions_dir,
+                                                     fresh_python):
+    os.chmod(actions_dir, 0o777)
+    state_dir = str(tmp_path / 'state')
+    config = write_conf(tmp_path / 'mistral.conf', f'''
+        [DEFAULT]
+        transport_url = rabbit://guest:secret-pw@127.0.0.1:1/
+        [action_providers]
+        denylist = legacy,hot*
+        [hotload]
+        actions_dir = {actions_dir}
+        state_dir = {state_dir}
+    ''')
+    result = run_doctor(config, '--mistral-python', fresh_python,
+                        '-f', 'json')
+    assert result.returncode == 1, result.stderr
+    rows = rows_of(result)
+    prefix = os.path.dirname(os.path.dirname(fresh_python))
+
+    provider = rows['provider']
+    assert provider['Result'] == 'FAIL'
+    assert f'pip install mistral-hotload into {prefix}' in provider['Detail']
+    assert f'{fresh_python} -m pip install mistral-hotload' \
+        in provider['Detail']
+
+    lists = rows['allow/deny lists']
+    assert lists['Result'] == 'FAIL'
+    assert 'matched by hot*' in lists['Detail']
+    assert 'denylist = legacy and restart' in lists['Detail']
+
+    actions = rows['actions_dir']
+    assert actions['Result'] == 'FAIL'
+    assert 'writable by everyone' in actions['Detail']
+    assert actions['Detail'].endswith(f'fix: chmod go-w {actions_dir}')
+
+    assert rows['state_dir']['Result'] == 'warning'
+    assert 'the daemon creates it' in rows['state_dir']['Detail']
+
+    broker = rows['broker']
+    assert broker['Result'] == 'FAIL'
+    assert 'broker 127.0.0.1:1 unreachable (Connection refused)' \
+        in broker['Detail']
+    assert 'providers still pick up new generations' in broker['Detail']
+
+    assert rows['daemon']['Result'] == 'FAIL'
+    assert 'start it: systemctl start mistral-hotload' \
+        in rows['daemon']['Detail']
+
+    for secret in ('secret-pw', 'guest'):
+        assert secret not in result.stdout + result.stderr
+
+
+def test_mistral_python_is_found_from_mistral_server_on_path(
+        tmp_path, actions_dir, fresh_python):
+    config = write_conf(tmp_path / 'mistral.conf', f'''
+        [hotload]
+        actions_dir = {actions_dir}
+        state_dir = {tmp_path / 'state'}
+    ''')
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    env = dict(os.environ, PATH=str(bin_dir))
+    rows = rows_of(run_doctor(config, '-f', 'json', env=env))
+    assert rows['provider']['Result'] == 'FAIL'
+    assert 'no Mistral found: no mistral-server on PATH; pass ' \
+        '--mistral-server PATH' in rows['provider']['Detail']
+
+    server = bin_dir / 'mistral-server'
+    server.write_text(f'#!{fresh_python}\nimport sys\n')
+    server.chmod(0o755)
+    rows = rows_of(run_doctor(config, '-f', 'json', env=env))
+    assert rows['provider']['Result'] == 'FAIL'
+    assert f'(from the #! line of {server})' in rows['provider']['Detail']
+    assert 'pip install mistral-hotload into' in rows['provider']['Detail']
+
+
+@pytest.mark.parametrize('head, expected', [
+    ('#!/opt/mistral/bin/python3\n', '/opt/mistral/bin/python3'),
+    ('#! /opt/mistral/bin/python -s\n', '/opt/mistral/bin/python'),
+    ('#!/bin/sh\n\'\'\'exec\' "/opt/a b/bin/python" "$0" "$@"\n\' \'\'\'\n',
+     '/opt/a b/bin/python'),
+])
+def test_interpreter_of_reads_shebangs(tmp_path, head, expected):
+    script = tmp_path / 'mistral-server'
+    script.write_text(head + 'import sys\n')
+    assert doctor.interpreter_of(str(script)) == expected
+
+
+def test_interpreter_of_a_shell_script_is_not_python(tmp_path):
+    script = tmp_path / 'mistral-server'
+    script.write_text('#!/bin/bash\nexec something\n')
+    with pytest.raises(doctor.NotFound, match='run by /bin/bash, not by'):
+        doctor.interpreter_of(str(script))
+
+
+@pytest.mark.parametrize('allowlist, denylist, expected', [
+    ([], [], None),
+    ([], ['legacy'], None),
+    ([], ['legacy', 'hot*'], ['hot*']),
+    (['legacy'], [], []),
+    # Mistral ignores the denylist when there is an allowlist.
+    (['hotload'], ['*'], None),
+    (['HOTLOAD'], [], []),
+])
+def test_allow_deny_semantics_are_mistrals(allowlist, denylist, expected):
+    assert doctor.filtered_by_allow_deny_list(
+        allowlist, denylist, 'hotload') == expected
+
+
+def test_allowlist_without_hotload_names_the_line_to_set(tmp_path):
+    config = write_conf(tmp_path / 'mistral.conf', '''
+        [action_providers]
+        allowlist = legacy, adhoc
+    ''')
+    conf = hotload_conf.load([config])
+    row = doctor.check_allow_deny(conf)
+    assert row.result == 'FAIL'
+    assert f'allowlist = legacy,adhoc in {config} does not include ' \
+        'hotload' in row.detail
+    assert 'set in [action_providers]: allowlist = legacy,adhoc,hotload' \
+        in row.detail
+
+
+def test_mistral_options_are_registered_once():
+    conf = cfg.ConfigOpts()
+    conf.register_opts(doctor.action_providers_opts,
+                       group='action_providers')
+    conf(args=[])
+    doctor.register_mistral_opts(conf)
+    assert conf.action_providers.allowlist == []
+
+
+def test_refused_files_under_a_trusted_directory_are_a_warning(
+        tmp_path, actions_dir):
+    for name in ('a.py', 'b.py', 'c.py', 'd.py', '.hidden.py', 'notes.txt'):
+        path = os.path.join(actions_dir, name)
+        with open(path, 'w') as stream:
+            stream.write('x = 1\n')
+        os.chmod(path, 0o666)
+    os.mkdir(os.path.join(actions_dir, 'sub'), 0o777)
+    os.chmod(os.path.join(actions_dir, 'sub'), 0o777)
+    config = write_conf(tmp_path / 'c.conf', f'''
+        [hotload]
+        actions_dir = {actions_dir}
+        state_dir = {tmp_path / 'state'}
+    ''')
+    row = doctor.check_actions_dir(hotload_conf.load([config]))
+    assert row.result == 'warning'
+    assert 'the daemon refuses 5 entries under it: directory sub is ' \
+        'writable by everyone' in row.detail
+    assert 'a.py: file is writable by everyone' in row.detail
+    assert '(and 2 more)' in row.detail
+    assert f'fix: chmod -R go-w {actions_dir}' in row.detail
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as stream:
+            return stream.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+class Daemon:
+    """mistral-hotload-daemon in its own session, stopped by PID.
+
+    oslo.service runs the work in a child process (the pid in the status
+    file); both are in the session's process group.
+    """
+
+    def __init__(self, config: str, state_dir: str, log_path: str) -> None:
+        self.states = store.ManifestStore(state_dir)
+        self.log = open(log_path, 'ab')
+        self.process = subprocess.Popen(
+            [sys.executable, '-c',
+             'from hotload.cmd.daemon import main; main()',
+             '--config-file', config],
+            stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def worker_pid(self) -> int | None:
+        return self.states.load_status().get('pid')
+
+    def stop(self) -> None:
+        worker = self.worker_pid()
+        try:
+            if self.process.poll() is None:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=DEADLINE)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    self.process.wait(timeout=DEADLINE)
+            if worker and worker != self.process.pid:
+                wait_for(lambda: not process_alive(worker),
+                         f'daemon worker {worker} to exit')
+        finally:
+            self.log.close()
+
+
+def test_good_setup_is_all_ok(tmp_path, actions_dir):
+    venv = mistral_venv()
+    python = venv / 'bin' / 'python'
+    if not python.exists():
+        pytest.fail(f'no Mistral 23 virtualenv at {venv}: run '
+                    f'"python3 tools/mistral_harness.py venv" first')
+    with open(os.path.join(actions_dir, 'greet.py'), 'w') as stream:
+        stream.write(GREET)
+    os.chmod(os.path.join(actions_dir, 'greet.py'), 0o644)
+    state_dir = str(tmp_path / 'state')
+    config = write_conf(tmp_path / 'mistral.conf', f'''
+        [DEFAULT]
+        transport_url = rabbit://guest:guest@127.0.0.1:5672/
+        [action_providers]
+        denylist = legacy
+        [hotload]
+        actions_dir = {actions_dir}
+        state_dir = {state_dir}
+        signal_topic = hotload_doctor_test_{os.getpid()}
+    ''')
+    daemon = Daemon(config, state_dir, str(tmp_path / 'daemon.log'))
+    states = daemon.states
+    try:
+        wait_for(lambda: daemon.process.poll() is not None
+                 or (states.writer_running() and states.load() is not None),
+                 'the daemon to publish a generation')
+        assert daemon.process.poll() is None, \
+            (tmp_path / 'daemon.log').read_text()
+        result = run_doctor(config, '--mistral-python', str(python),
+                            '-f', 'json')
+        worker = daemon.worker_pid()
+    finally:
+        daemon.stop()
+    rows = rows_of(result)
+    assert {c: r['Result'] for c, r in rows.items()} == dict.fromkeys(
+        CHECKS, 'ok'), result.stdout
+    assert result.returncode == 0, result.stderr
+    assert 'Mistral 23.' in rows['provider']['Detail']
+    assert rows['broker']['Detail'].startswith('rabbit at 127.0.0.1:5672 ')
+    assert rows['daemon']['Detail'].startswith(
+        f'running (pid {worker} on ')
+    assert 'guest' not in result.stdout + result.stderr
