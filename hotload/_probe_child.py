@@ -29,15 +29,22 @@ TRACEBACK_LIMIT = 4000
 PARENT_MAIN_ENV = 'HOTLOAD_PROBE_PARENT_MAIN'
 
 
-def _pose_as_parent_main() -> None:
-    """In the forkserver: make ``__main__`` look like the parent's.
+def _prepare_forkserver() -> None:
+    """Runs when the forkserver preloads this module, and only there.
 
-    multiprocessing then skips re-running the parent's main module in
-    every child (see ``hotload.probe._forkserver_context``).
+    Makes ``__main__`` look like the parent's, so multiprocessing skips
+    re-running the parent's main module in every child (see
+    ``hotload.probe._forkserver_context``). And ignores SIGHUP, which
+    oslo.service's master sends to its whole process group on reload: a
+    probe killed by it would be reported as a crash of its module.
     """
-    info = json.loads(os.environ.pop(PARENT_MAIN_ENV, 'null') or 'null')
+    info = os.environ.pop(PARENT_MAIN_ENV, None)
+    if info is None:
+        return  # imported by the daemon itself, not by the forkserver
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    info = json.loads(info)
     main = sys.modules.get('__main__')
-    if not info or main is None or getattr(main, '__file__', None):
+    if main is None or getattr(main, '__file__', None):
         return
     if info.get('file'):
         main.__file__ = info['file']
@@ -45,7 +52,7 @@ def _pose_as_parent_main() -> None:
         main.__spec__ = importlib.machinery.ModuleSpec(info['name'], None)
 
 
-_pose_as_parent_main()
+_prepare_forkserver()
 
 
 class ExitAtImport(BaseException):

@@ -97,12 +97,15 @@ DEFAULT_CONFIG_FILES = ['/etc/mistral-hotload/mistral-hotload.conf']
 
 
 def load(config_files: list[str] | None = None) -> cfg.ConfigOpts:
-    """A fresh ``ConfigOpts`` with the options registered and files read.
+    """The global ``cfg.CONF`` with the options registered and files read.
+
+    The global one, because oslo.messaging registers some of its options
+    (tracing) only there.
 
     :param config_files: Files to read, in order; None reads the default
         file when it exists.
     """
-    conf = cfg.ConfigOpts()
+    conf = cfg.CONF
     register_opts(conf)
     if config_files is None:
         config_files = [f for f in DEFAULT_CONFIG_FILES if os.path.exists(f)]

@@ -215,7 +215,8 @@ class DaemonService(service_base.ServiceBase):
     """oslo.service lifecycle around :class:`Daemon`.
 
     SIGTERM stops it after the generation being written is finished;
-    SIGHUP re-reads the configuration files (``mutate``) and rescans.
+    SIGHUP re-reads the configuration files and restarts the worker, which
+    rescans with the new options.
 
     :param conf: The daemon's configuration.
     """
@@ -268,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     conf = load_config(sys.argv[1:] if argv is None else argv)
     logging.setup(conf, 'mistral-hotload')
     notify.claim_environment()
+    # 'reload' re-reads every option on SIGHUP ('mutate' would skip the
+    # immutable ones); cotyledon then restarts the worker, which rescans.
     launcher = service.launch(conf, DaemonService(conf),
-                              restart_method='mutate')
+                              restart_method='reload')
     return launcher.wait() or 0

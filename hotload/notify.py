@@ -31,12 +31,19 @@ def claim_environment() -> None:
 class Notifier:
     """Sends notifications when started by systemd, else does nothing.
 
-    :param environ: Where ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` are read
-        (the process environment by default).
+    :param environ: Where ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` are read;
+        by default the process environment, from which the claimed
+        variables are removed.
     """
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
+        if environ is None:
+            # Taken out of the environment: the probe's children, which
+            # run user code, must not be able to talk to systemd.
+            environ = {name: os.environ.pop(CLAIMED + name)
+                       for name in VARIABLES if CLAIMED + name in os.environ}
+            environ.update((name, os.environ[name]) for name in VARIABLES
+                           if name in os.environ)
         address = environ.get(CLAIMED + 'NOTIFY_SOCKET',
                               environ.get('NOTIFY_SOCKET', ''))
         if address.startswith('@'):

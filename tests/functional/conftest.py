@@ -59,13 +59,15 @@ class Daemon:
         self.log_path = log_path
         self.states = store.ManifestStore(str(state_dir))
         self.process = None
+        #: More command line arguments, e.g. another --config-file.
+        self.extra_args: list[str] = []
 
     def start(self) -> 'Daemon':
         with open(self.log_path, 'ab') as log:
             self.process = subprocess.Popen(
                 [sys.executable, '-c',
                  'from hotload.cmd.daemon import main; main()',
-                 '--config-file', str(self.config_file)],
+                 '--config-file', str(self.config_file), *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(self._published, 'the daemon to publish its first scan')
         return self
@@ -121,9 +123,9 @@ class Node:
         return path
 
     def listed(self) -> set[str]:
-        """Hot action names as GET /v2/actions returns them."""
+        """Action names as GET /v2/actions returns them, but Mistral's."""
         return {a.name for a in self.client.actions.list(limit=-1)
-                if a.name.startswith(PREFIX + '.')}
+                if not a.name.startswith('std.')}
 
     def wait_listed(self, name: str) -> None:
         wait_for(lambda: name in self.listed(), f'{name} in GET /v2/actions')
