@@ -1,5 +1,6 @@
 """``mistral-hotload``: inspect and operate hot-loaded Mistral actions."""
 
+import logging
 import sys
 import warnings
 
@@ -51,6 +52,9 @@ class HotloadApp(app.App):
 
     def initialize_app(self, argv) -> None:
         self.conf = hotload_conf.load(self.options.config_files)
+        # py-amqp warns about frames that arrive while ``status`` closes
+        # its reply channel; harmless, and not for an operator's terminal.
+        logging.getLogger('amqp').setLevel(logging.ERROR)
 
     def run(self, argv: list[str]) -> int:
         # Scripts and monitoring call this tool; an interactive shell on
