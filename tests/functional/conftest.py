@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,22 +23,10 @@ sys.path.insert(0, str(TOP / 'tools'))
 import mistral_harness  # noqa: E402
 
 from hotload import store  # noqa: E402
+from tests.polling import DEADLINE  # noqa: E402
+from tests.polling import wait_for  # noqa: E402
 
-DEADLINE = 30.0
 PREFIX = 'hot'
-
-
-def wait_for(predicate, what: str, deadline: float = DEADLINE):
-    """Poll ``predicate`` until it returns something truthy; return it."""
-    end = time.monotonic() + deadline
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= end:
-            raise AssertionError(f'timed out after {deadline} s waiting for '
-                                 f'{what}')
-        time.sleep(0.02)
 
 
 def children(pid: int) -> set[int]:

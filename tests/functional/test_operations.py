@@ -1,5 +1,6 @@
 """Operating a node: status of every process, disable/enable, SIGHUP."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,6 +11,8 @@ import textwrap
 
 from tests.functional.conftest import wait_for
 from tests.functional.test_hot_actions import GREET
+from tests.functional.test_hot_actions import said
+from tests.functional.test_hot_actions import workflow
 
 
 def status(node, *args):
@@ -130,3 +133,26 @@ def test_sighup_with_a_new_prefix_renames_everywhere(node, tmp_path):
     extra.write_text('[hotload]\naction_prefix = hot\n')
     os.kill(node.daemon.process.pid, signal.SIGHUP)
     node.wait_listed('hot.renamed.greet')
+
+
+def test_action_show_names_version_and_who_loaded_it(node):
+    node.client.workflows.create(workflow('shown_wf', 'hot.shown.greet',
+                                          ['who']))
+    path = node.write('shown.py', GREET.format(greeting='shown'))
+    node.wait_listed('hot.shown.greet')
+    assert said(node.run('shown_wf', who='x')) == 'shown x'
+    result = node.hotload('action', 'show', 'hot.shown.greet', '-f', 'json')
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown['file'] == 'shown.py'
+    assert shown['line'] == GREET.format(greeting='').splitlines().index(
+        'class Greet(actions.Action):') + 1
+    assert shown['input'] == 'who'
+    assert shown['sha256'] == hashlib.sha256(path.read_bytes()).hexdigest()
+    # The engine instantiated it and the executor ran it; the API only
+    # listed it, from the manifest, without importing the module.
+    services = {line.split()[0] for line in shown['loaded_by']}
+    assert services == {'engine', 'executor'}, shown['loaded_by']
+    missing = node.hotload('action', 'show', 'hot.not.there')
+    assert missing.returncode == 1
+    assert 'no hot action named hot.not.there' in missing.stderr

@@ -7,37 +7,14 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from hotload import store
+from tests.polling import DEADLINE
+from tests.polling import process_alive
+from tests.polling import wait_for
 from tests.unit.conftest import GREET
-
-DEADLINE = 30.0
-
-
-def wait_for(predicate, what: str, deadline: float = DEADLINE):
-    """Poll ``predicate`` until it returns something truthy."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f'timed out waiting for {what}')
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f'/proc/{pid}/stat') as stream:
-            return stream.read().split()[2] != 'Z'
-    except FileNotFoundError:
-        return False
 
 
 class DaemonProcess:
@@ -56,6 +33,8 @@ class DaemonProcess:
         self.states = store.ManifestStore(state_dir)
         self.log_path = log_path
         self.process = None
+        #: Extra environment for the daemon (PYTHONPATH, NOTIFY_SOCKET...).
+        self.environ: dict[str, str] = {}
 
     def start(self):
         self.log = open(self.log_path, 'ab')
@@ -64,7 +43,7 @@ class DaemonProcess:
              'from hotload.cmd.daemon import main; main()',
              '--config-file', self.config],
             stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, env={**os.environ, **self.environ})
         return self
 
     def worker_pid(self):
@@ -184,12 +163,9 @@ def test_systemd_ready_after_first_generation_then_watchdog(tree, daemon,
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(address)
         sock.settimeout(DEADLINE)
-        os.environ['NOTIFY_SOCKET'] = address
-        os.environ['WATCHDOG_USEC'] = '200000'
-        try:
-            daemon.start()
-        finally:
-            del os.environ['NOTIFY_SOCKET'], os.environ['WATCHDOG_USEC']
+        daemon.environ = {'NOTIFY_SOCKET': address,
+                          'WATCHDOG_USEC': '200000'}
+        daemon.start()
         first = sock.recv(4096).decode().split('\n')
         # READY=1 only once the first generation is on disk.
         generation_at_ready = daemon.generation()
@@ -207,3 +183,25 @@ def test_systemd_ready_after_first_generation_then_watchdog(tree, daemon,
         messages = []
         while b'STOPPING=1' not in messages:
             messages.append(sock.recv(4096))
+
+
+def test_reload_probes_again_what_no_file_change_announces(tree, daemon,
+                                                           tmp_path):
+    """A library installed after the fact: ``mistral-hotload reload``."""
+    site = tmp_path / 'site'
+    site.mkdir()
+    daemon.environ = {'PYTHONPATH': str(site)}
+    tree.write('needs.py', 'import late_library\n' + GREET)
+    daemon.start()
+    wait_for(lambda: daemon.generation() == 1, 'the first scan')
+    error = daemon.states.load().modules['needs'].error
+    assert "No module named 'late_library'" in error.message
+    (site / 'late_library.py').write_text('VALUE = 1\n')
+    result = subprocess.run(
+        [sys.executable, '-m', 'hotload.cli.main', '--config-file',
+         daemon.config, 'reload'], capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: 'hot.needs.greet' in daemon.served(), 'the reload')
+    assert daemon.states.load().errors() == []
+    daemon.stop()

@@ -1,49 +1,22 @@
-"""``mistral-hotload doctor``, run as an operator runs it.
+"""``mistral-hotload doctor`` on broken setups, run as an operator runs it.
 
-The good setup needs what the functional tests need: the Mistral 23
-virtualenv of tools/mistral_harness.py and RabbitMQ on 127.0.0.1:5672
-(tools/ensure-services). Without them these tests fail; they never skip.
+The good setup, a real Mistral node, is in tests/functional/test_doctor.py.
 """
 
 import json
 import os
-import pathlib
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from oslo_config import cfg
 
 from hotload import conf as hotload_conf
-from hotload import store
 from hotload.cli import doctor
-from tests.unit.conftest import GREET
 
-DEADLINE = 30.0
 CHECKS = ['provider', 'allow/deny lists', 'actions_dir', 'state_dir',
           'broker', 'daemon']
-
-
-def mistral_venv() -> pathlib.Path:
-    """Where tools/mistral_harness.py keeps its Mistral 23 virtualenv."""
-    if os.environ.get('MISTRAL_HARNESS_VENV'):
-        return pathlib.Path(os.environ['MISTRAL_HARNESS_VENV'])
-    cache = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
-    return pathlib.Path(cache) / 'mistral-hotload' / 'mistral23-venv'
-
-
-def wait_for(predicate, what: str, deadline: float = DEADLINE):
-    """Poll ``predicate`` until it returns something truthy."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f'timed out after {deadline} s waiting for {what}')
 
 
 def write_conf(path, text: str) -> str:
@@ -238,92 +211,3 @@ def test_refused_files_under_a_trusted_directory_are_a_warning(
     assert 'a.py: file is writable by everyone' in row.detail
     assert '(and 2 more)' in row.detail
     assert f'fix: chmod -R go-w {actions_dir}' in row.detail
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        with open(f'/proc/{pid}/stat') as stream:
-            return stream.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except FileNotFoundError:
-        return False
-
-
-class Daemon:
-    """mistral-hotload-daemon in its own session, stopped by PID.
-
-    oslo.service runs the work in a child process (the pid in the status
-    file); both are in the session's process group.
-    """
-
-    def __init__(self, config: str, state_dir: str, log_path: str) -> None:
-        self.states = store.ManifestStore(state_dir)
-        self.log = open(log_path, 'ab')
-        self.process = subprocess.Popen(
-            [sys.executable, '-c',
-             'from hotload.cmd.daemon import main; main()',
-             '--config-file', config],
-            stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    def worker_pid(self) -> int | None:
-        return self.states.load_status().get('pid')
-
-    def stop(self) -> None:
-        worker = self.worker_pid()
-        try:
-            if self.process.poll() is None:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=DEADLINE)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                    self.process.wait(timeout=DEADLINE)
-            if worker and worker != self.process.pid:
-                wait_for(lambda: not process_alive(worker),
-                         f'daemon worker {worker} to exit')
-        finally:
-            self.log.close()
-
-
-def test_good_setup_is_all_ok(tmp_path, actions_dir):
-    venv = mistral_venv()
-    python = venv / 'bin' / 'python'
-    if not python.exists():
-        pytest.fail(f'no Mistral 23 virtualenv at {venv}: run '
-                    f'"python3 tools/mistral_harness.py venv" first')
-    with open(os.path.join(actions_dir, 'greet.py'), 'w') as stream:
-        stream.write(GREET)
-    os.chmod(os.path.join(actions_dir, 'greet.py'), 0o644)
-    state_dir = str(tmp_path / 'state')
-    config = write_conf(tmp_path / 'mistral.conf', f'''
-        [DEFAULT]
-        transport_url = rabbit://guest:guest@127.0.0.1:5672/
-        [action_providers]
-        denylist = legacy
-        [hotload]
-        actions_dir = {actions_dir}
-        state_dir = {state_dir}
-        signal_topic = hotload_doctor_test_{os.getpid()}
-    ''')
-    daemon = Daemon(config, state_dir, str(tmp_path / 'daemon.log'))
-    states = daemon.states
-    try:
-        wait_for(lambda: daemon.process.poll() is not None
-                 or (states.writer_running() and states.load() is not None),
-                 'the daemon to publish a generation')
-        assert daemon.process.poll() is None, \
-            (tmp_path / 'daemon.log').read_text()
-        result = run_doctor(config, '--mistral-python', str(python),
-                            '-f', 'json')
-        worker = daemon.worker_pid()
-    finally:
-        daemon.stop()
-    rows = rows_of(result)
-    assert {c: r['Result'] for c, r in rows.items()} == dict.fromkeys(
-        CHECKS, 'ok'), result.stdout
-    assert result.returncode == 0, result.stderr
-    assert 'Mistral 23.' in rows['provider']['Detail']
-    assert rows['broker']['Detail'].startswith('rabbit at 127.0.0.1:5672 ')
-    assert rows['daemon']['Detail'].startswith(
-        f'running (pid {worker} on ')
-    assert 'guest' not in result.stdout + result.stderr
