@@ -38,6 +38,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import tempfile
 import typing
 
 import oslo_messaging
@@ -45,6 +46,7 @@ from cliff import lister
 from oslo_config import cfg
 
 from hotload import exceptions
+from hotload import scanner
 from hotload import signals
 from hotload import store
 from hotload import trust
@@ -362,32 +364,17 @@ def _ancestor_fixes(root: str, policy: trust.TrustPolicy,
 
 
 def refused_under(root: str, policy: trust.TrustPolicy) -> list[str]:
-    """What under ``root`` the daemon refuses for owner, mode or size.
+    """What under ``root`` the daemon refuses, as ``path: reason``.
 
-    Ignored names (hidden, editor temporaries, non-``.py``) and symlinks
-    are skipped, as the scanner skips or checks them otherwise.
+    The scanner's own walk decides, on a throwaway blob store, so doctor
+    and the daemon cannot disagree.
     """
-    problems = []
-    for directory, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not trust.is_ignored_dir(d))
-        for entry in dirs:
-            path = os.path.join(directory, entry)
-            st = os.lstat(path)
-            problem = (None if stat.S_ISLNK(st.st_mode)
-                       else policy.check_dir(os.path.relpath(path, root), st))
-            if problem:
-                problems.append(problem)
-        for entry in sorted(files):
-            if trust.is_ignored_name(entry):
-                continue
-            path = os.path.join(directory, entry)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            problem = policy.check_file(st)
-            if problem:
-                problems.append(f'{os.path.relpath(path, root)}: {problem}')
-    return problems
+    with tempfile.TemporaryDirectory(prefix='hotload-doctor-') as blobs:
+        snapshot = scanner.snapshot_tree(root, policy,
+                                         store.BlobStore(blobs))
+    # The policy's messages end in a generic hint; the row names the fix.
+    return [f'{error.path}: {error.message.split(";")[0]}'
+            for _, error in sorted(snapshot.refused.items())]
 
 
 def check_actions_dir(conf: cfg.ConfigOpts) -> Row:

@@ -13,6 +13,7 @@ import pytest
 from oslo_config import cfg
 
 from hotload import conf as hotload_conf
+from hotload import trust
 from hotload.cli import doctor
 
 CHECKS = ['provider', 'allow/deny lists', 'actions_dir', 'state_dir',
@@ -199,6 +200,8 @@ def test_refused_files_under_a_trusted_directory_are_a_warning(
         os.chmod(path, 0o666)
     os.mkdir(os.path.join(actions_dir, 'sub'), 0o777)
     os.chmod(os.path.join(actions_dir, 'sub'), 0o777)
+    with open(os.path.join(actions_dir, 'sub', 'e.py'), 'w') as stream:
+        stream.write('x = 1\n')
     config = write_conf(tmp_path / 'c.conf', f'''
         [hotload]
         actions_dir = {actions_dir}
@@ -206,8 +209,11 @@ def test_refused_files_under_a_trusted_directory_are_a_warning(
     ''')
     row = doctor.check_actions_dir(hotload_conf.load([config]))
     assert row.result == 'warning'
-    assert 'the daemon refuses 5 entries under it: directory sub is ' \
+    assert 'the daemon refuses 5 entries under it: a.py: file is ' \
         'writable by everyone' in row.detail
-    assert 'a.py: file is writable by everyone' in row.detail
+    assert 'c.py: file is writable by everyone' in row.detail
     assert '(and 2 more)' in row.detail
+    refused = doctor.refused_under(actions_dir, trust.TrustPolicy([], 1000))
+    assert 'sub/e.py: directory sub is writable by everyone (mode 0777)' \
+        in refused
     assert f'fix: chmod -R go-w {actions_dir}' in row.detail
