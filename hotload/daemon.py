@@ -12,6 +12,7 @@ in the status file; the daemon keeps running and serving the last good
 table.
 """
 
+import contextlib
 import json
 import os
 import socket
@@ -54,7 +55,9 @@ class Daemon:
         options = conf.hotload
         self.root = os.path.realpath(options.actions_dir)
         self.states = store.ManifestStore(options.state_dir)
-        self._lock_context = None
+        # What start() took (lock, probe, publisher, watcher), given back
+        # in reverse by stop().
+        self._resources = contextlib.ExitStack()
         self._probe = None
         self._watcher = None
         self._publisher = None
@@ -70,13 +73,14 @@ class Daemon:
     def start(self) -> None:
         """Take the state directory, publish a first full scan, watch."""
         options = self.conf.hotload
-        self._lock_context = self.states.writer_lock(timeout=LOCK_TIMEOUT)
-        self._lock_context.__enter__()
-        self._probe = probe_mod.Probe(
+        self._resources.enter_context(
+            self.states.writer_lock(timeout=LOCK_TIMEOUT))
+        self._probe = self._resources.enter_context(probe_mod.Probe(
             self.root, options.package_name, self.states.blobs.root,
-            options.probe_timeout, options.probe_memory_limit)
+            options.probe_timeout, options.probe_memory_limit))
         if signals.transport_configured(self.conf):
             self._publisher = signals.Publisher(self.conf)
+            self._resources.callback(self._publisher.close)
         else:
             LOG.info('No transport_url configured: running embedded; '
                      'providers on this node notice new generations '
@@ -89,6 +93,7 @@ class Daemon:
             self.root, self._on_changes, options.debounce_interval,
             control_dir=self.states.control_dir)
         self._watcher.start()
+        self._resources.callback(self._watcher.stop)
         self._rescan_seen = self.states.rescan_requested()
         current = self.rescan()
         self._notifier.ready(self._summary(current))
@@ -101,18 +106,10 @@ class Daemon:
         self._notifier.stopping()
         self._stopping.set()
         self._changed.set()
-        if self._watcher:
-            self._watcher.stop()
         if self._worker:
             self._worker.join()
         with self._scan_lock:
-            if self._probe:
-                self._probe.close()
-            if self._publisher:
-                self._publisher.close()
-            if self._lock_context:
-                self._lock_context.__exit__(None, None, None)
-                self._lock_context = None
+            self._resources.close()
 
     def _on_changes(self, changes) -> None:
         LOG.debug('%d file system events', len(changes))
@@ -268,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
 
     conf = load_config(sys.argv[1:] if argv is None else argv)
     logging.setup(conf, 'mistral-hotload')
+    actions_dir = conf.hotload.actions_dir
+    if not os.path.isdir(actions_dir):
+        LOG.error('actions_dir %s is not a directory; create it (owned by '
+                  'root or the service user, mode 0755) or set [hotload] '
+                  'actions_dir', actions_dir)
+        return 1
     notify.claim_environment()
     # 'reload' re-reads every option on SIGHUP ('mutate' would skip the
     # immutable ones); cotyledon then restarts the worker, which rescans.

@@ -205,3 +205,17 @@ def test_reload_probes_again_what_no_file_change_announces(tree, daemon,
     wait_for(lambda: 'hot.needs.greet' in daemon.served(), 'the reload')
     assert daemon.states.load().errors() == []
     daemon.stop()
+
+
+def test_missing_actions_dir_is_a_clear_error(tmp_path):
+    config = tmp_path / 'd.conf'
+    config.write_text(f'[hotload]\nactions_dir = {tmp_path / "nowhere"}\n'
+                      f'state_dir = {tmp_path / "state"}\n')
+    result = subprocess.run(
+        [sys.executable, '-c', 'from hotload.cmd.daemon import main; '
+         'raise SystemExit(main())', '--config-file', str(config)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    # oslo.log writes to stdout unless use_stderr is set.
+    assert f'actions_dir {tmp_path / "nowhere"} is not a directory' in \
+        result.stdout + result.stderr
