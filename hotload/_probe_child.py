@@ -6,6 +6,7 @@ file). Nothing here runs in the daemon. Results go back as plain data.
 """
 
 import ast
+import contextlib
 import faulthandler
 import importlib
 import importlib.machinery
@@ -320,25 +321,41 @@ def _cycle_error(cycle, sources, module: str) -> dict[str, Any]:
 
 
 def _tree_facts(importer: loader.TreeImporter, package_name: str):
-    """Static imports of every module the importer served."""
+    """In-tree imports (closure) and module-level import edges.
+
+    Starts from the modules the import loaded and follows every import
+    statement found in their sources, also those inside functions that
+    did not run yet, and theirs in turn: all of them are pinned in the
+    content key, so the executor can load them at the version validated.
+    Only module-level statements make edges for the cycle check: an import
+    inside a function is how Python code breaks a cycle.
+    """
     imports: dict[str, str | None] = dict(importer.requested)
     edges: dict[str, list[tuple[str, int]]] = {}
-    for name, sha in list(importer.requested.items()):
-        if sha is None:
+    pending = [name for name, sha in imports.items() if sha]
+    parsed = set()
+    while pending:
+        name = pending.pop()
+        if name in parsed:
             continue
+        parsed.add(name)
         ref = importer.sources[name]
         try:
-            tree = ast.parse(importer.read_source(sha))
+            tree = ast.parse(importer.read_source(ref.sha256))
         except (SyntaxError, ValueError):
             continue
         for target, line, top_level in _static_imports(name, ref, tree,
                                                        package_name):
             target_ref = importer.sources.get(target)
-            if target_ref is None:
+            if target_ref is None or target_ref.sha256 is None:
                 continue
-            if target_ref.sha256 is not None:
-                imports.setdefault(target, target_ref.sha256)
-            if top_level and target != name:
+            if target not in imports:
+                imports[target] = target_ref.sha256
+                pending.append(target)
+            # Importing a submodule of one's own package while it
+            # initialises is ordinary Python, not a cycle.
+            if top_level and target != name and \
+                    not name.startswith(target + '.'):
                 edges.setdefault(name, []).append((target, line))
     return imports, edges
 
@@ -390,15 +407,61 @@ def _probe(request: dict[str, Any]) -> dict[str, Any]:
     return {'error': error, 'exports': exports, 'imports': imports}
 
 
-def run(connection, request: dict[str, Any]) -> None:
+def _write_result(path: str, result: dict[str, Any]) -> None:
+    # JSON, not pickle: the parent must never run anything this process
+    # (which runs user code) could have crafted.
+    data = json.dumps(result).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _own_static_imports(request: dict[str, Any]) -> dict[str, str | None]:
+    """In-tree modules the module's own source names, with their hashes."""
+    module = request['module']
+    sources = {name: loader.SourceRef(*ref)
+               for name, ref in request['sources'].items()}
+    ref = sources[module]
+    path = os.path.join(request['blob_dir'], ref.sha256[:2], ref.sha256)
+    try:
+        with open(path, 'rb') as stream:
+            tree = ast.parse(stream.read())
+    except (SyntaxError, ValueError, OSError):
+        return {}
+    imports = {}
+    for target, _line, _top in _static_imports(
+            module, ref, tree, request['package_name']):
+        if target in sources and sources[target].sha256:
+            imports[target] = sources[target].sha256
+    return imports
+
+
+def run(request: dict[str, Any]) -> None:
     """Entry point of a probe child process.
 
-    :param connection: Write end of the pipe to the parent.
+    Writes the result as JSON to ``request['result_path']``: first the
+    module's own in-tree imports (so that if the import hangs or kills the
+    process, a later change to one of them still triggers a new probe),
+    then the full result.
+
     :param request: What to probe; see :meth:`hotload.probe.Probe.probe`.
     """
+    # A session of its own: whatever the module starts at import is killed
+    # with the probe's process group.
+    os.setsid()
     limit = request['memory_limit']
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # A module printing without end must not fill the disk.
+    output_limit = request['output_file_limit']
+    resource.setrlimit(resource.RLIMIT_FSIZE, (output_limit, output_limit))
+    # Past the limit a write then fails (an exception with its line)
+    # instead of the process dying of SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _write_result(request['result_path'],
+                  {'partial': True, 'imports': _own_static_imports(request)})
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     output = os.open(request['output_path'], os.O_WRONLY | os.O_APPEND)
@@ -415,7 +478,7 @@ def run(connection, request: dict[str, Any]) -> None:
         result = {'error': _error(
             'memory', 'allocated more than the probe memory limit at import',
             request['sources'][request['module']][0], None), 'imports': {}}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    connection.send(result)
-    connection.close()
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    _write_result(request['result_path'], result)

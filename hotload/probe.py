@@ -32,6 +32,10 @@ from hotload import manifest
 #: Seconds the child gets to write its stack after SIGUSR1 on timeout.
 STACK_DUMP_GRACE = 0.5
 OUTPUT_LIMIT = 4000
+#: Largest output file a probe may write (RLIMIT_FSIZE).
+OUTPUT_FILE_LIMIT = 16 * 1024 * 1024
+#: Largest result document accepted from a probe.
+RESULT_LIMIT = 4 * 1024 * 1024
 _STACK_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 _context_lock = threading.Lock()
@@ -137,6 +141,7 @@ class Probe:
         context = _forkserver_context()
         fd, output_path = tempfile.mkstemp(dir=self._tmp, suffix='.out')
         os.close(fd)
+        result_path = output_path[:-len('.out')] + '.json'
         request = {
             'root': self.root,
             'package_name': self.package_name,
@@ -146,51 +151,67 @@ class Probe:
             'blob_dir': self.blob_dir,
             'memory_limit': self.memory_limit,
             'output_path': output_path,
+            'output_file_limit': OUTPUT_FILE_LIMIT,
+            'result_path': result_path,
         }
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=_child_main, args=(sender, request),
+        process = context.Process(target=_probe_child.run, args=(request,),
                                   name=f'hotload-probe:{module}', daemon=True)
         try:
             process.start()
-            sender.close()
-            result = None
-            timed_out = False
-            if receiver.poll(self.timeout):
-                with contextlib.suppress(EOFError):
-                    result = receiver.recv()
-            else:
-                timed_out = True
+            # The child's exit is the signal its result is complete.
+            process.join(self.timeout)
+            timed_out = process.is_alive()
+            if timed_out:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGUSR1)
                 process.join(STACK_DUMP_GRACE)
-            if process.is_alive():
-                process.kill()
+            # Its session: whatever the module started goes with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.join()
-            with open(output_path, 'rb') as stream:
-                output = stream.read().decode('utf-8', 'replace')
+            output = _tail(output_path, OUTPUT_LIMIT)
+            result = _read_result(result_path)
         finally:
-            receiver.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(output_path)
+            for path in (output_path, result_path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        return self._result(module, sources, result, timed_out,
+                            process.exitcode, output)
+
+    def _result(self, module: str, sources: Mapping[str, loader.SourceRef],
+                result: dict | None, timed_out: bool, exitcode: int | None,
+                output: str) -> ProbeResult:
         path = sources[module].path
-        if result is None:
+        imports = _imports_of(result)
+        if result is None or result.get('partial') or timed_out:
             error = (self._timeout_error(path, output) if timed_out
-                     else self._death_error(path, process.exitcode, output))
-            return ProbeResult(module, (), {}, error, output[-OUTPUT_LIMIT:])
-        error = None
-        if result.get('error'):
-            raw = result['error']
+                     else self._death_error(path, exitcode, output))
+            return ProbeResult(module, (), imports, error, output)
+        try:
+            error = None
+            if result.get('error'):
+                raw = result['error']
+                error = manifest.ModuleError(
+                    kind=str(raw['kind']), message=str(raw['message']),
+                    path=str(raw['path'] or path),
+                    line=int(raw['line']) if raw['line'] else None,
+                    traceback=str(raw['traceback']))
+            exports = tuple(Export(
+                class_name=str(e['class_name']),
+                declared_name=(str(e['declared_name'])
+                               if e['declared_name'] is not None else None),
+                input=str(e['input']), description=str(e['description']),
+                line=int(e['line'])) for e in result.get('exports') or ())
+        except (KeyError, TypeError, ValueError) as exc:
             error = manifest.ModuleError(
-                kind=raw['kind'], message=raw['message'],
-                path=raw['path'] or path, line=raw['line'],
-                traceback=raw['traceback'])
-        exports = tuple(Export(**e) for e in result.get('exports') or ())
-        imports = dict(result.get('imports', {}))
+                kind='crash', path=path,
+                message=f'the probe returned malformed data ({exc!r}); '
+                        f'did the module tamper with the probe?')
+            return ProbeResult(module, (), imports, error, output)
         packages = tuple(sorted(
             name for name in [module, *imports]
             if name in sources and sources[name].is_package))
-        return ProbeResult(module, exports, imports, error,
-                           output[-OUTPUT_LIMIT:], packages)
+        return ProbeResult(module, exports, imports, error, output, packages)
 
     def _location_in_stack(self, output: str) -> tuple[str | None, int | None]:
         # faulthandler prints the innermost frame first.
@@ -212,7 +233,9 @@ class Probe:
     def _death_error(self, path: str, exitcode: int | None,
                      output: str) -> manifest.ModuleError:
         if exitcode is not None and exitcode < 0:
-            cause = f'was killed by signal {signal.Signals(-exitcode).name}'
+            # strsignal also names real-time signals, which Signals lacks.
+            cause = (f'was killed by signal {-exitcode} '
+                     f'({signal.strsignal(-exitcode)})')
             if -exitcode in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT):
                 cause += (' (out of memory? probe_memory_limit is '
                           f'{self.memory_limit // (1024 * 1024)} MiB)')
@@ -224,5 +247,32 @@ class Probe:
             path=path, traceback=output[-OUTPUT_LIMIT:])
 
 
-def _child_main(connection, request) -> None:
-    _probe_child.run(connection, request)
+def _tail(path: str, limit: int) -> str:
+    """The last ``limit`` bytes of a file, as text."""
+    with open(path, 'rb') as stream:
+        stream.seek(max(os.fstat(stream.fileno()).st_size - limit, 0))
+        return stream.read().decode('utf-8', 'replace')
+
+
+def _read_result(path: str) -> dict | None:
+    """The child's JSON result; None when it wrote none or garbage."""
+    try:
+        with open(path, 'rb') as stream:
+            data = stream.read(RESULT_LIMIT + 1)
+    except FileNotFoundError:
+        return None
+    if len(data) > RESULT_LIMIT:
+        return None
+    try:
+        result = json.loads(data)
+    except ValueError:
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def _imports_of(result: dict | None) -> dict[str, str | None]:
+    imports = (result or {}).get('imports')
+    if not isinstance(imports, dict):
+        return {}
+    return {str(name): (str(sha) if sha else None)
+            for name, sha in imports.items()}

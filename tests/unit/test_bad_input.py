@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+from tests.polling import process_alive
+from tests.polling import wait_for
 from tests.unit.conftest import GREET
 from tests.unit.conftest import served
 
@@ -285,3 +287,72 @@ def test_invalid_module_name_is_refused(tree, scan):
     error = scan().modules['my-actions.py'].error
     assert error.kind == 'refused'
     assert 'not a valid Python module name' in error.message
+
+
+def test_realtime_signal_death_is_reported(tree, scan, serving):
+    tree.write('greet.py', 'import os, signal\n'
+               'os.kill(os.getpid(), signal.SIGRTMIN + 2)\n')
+    error = scan().modules['greet'].error
+    assert error.kind == 'crash'
+    assert 'killed by signal' in error.message
+
+
+def test_str_subclass_as_action_name_cannot_reach_the_daemon(tree, scan):
+    tree.write('odd.py', GREET.replace(
+        'class Greet(actions.Action):',
+        'class Name(str):\n    pass\n\n\nclass Greet(actions.Action):\n'
+        '    __action_name__ = Name("odd.name")'))
+    found = scan()
+    assert [a.name for a, _ in found.actions()] == ['odd.name']
+    # The next module is still scanned: the daemon unpickled nothing.
+    tree.write('after.py', OTHER)
+    assert 'hot.after.other' in {a.name for a, _ in scan().actions()}
+
+
+def test_endless_output_is_cut_and_reported_with_its_line(tree, scan):
+    tree.write('loud.py', 'while True:\n    print("x" * 65536)\n')
+    error = scan().modules['loud'].error
+    assert (error.kind, error.line) == ('exception', 2)
+    assert 'File too large' in error.message
+
+
+def test_processes_started_at_import_die_with_the_probe(tree, scan,
+                                                        tmp_path):
+    pidfile = tmp_path / 'child.pid'
+    tree.write('spawner.py', 'import subprocess\n'
+               'child = subprocess.Popen(["sleep", "600"])\n'
+               f'open({str(pidfile)!r}, "w").write(str(child.pid))\n')
+    scan()
+    pid = int(pidfile.read_text())
+    wait_for(lambda: not process_alive(pid), f'sleep {pid} to be killed')
+
+
+def test_module_waiting_on_a_hanging_import_is_retried_when_it_is_fixed(
+        tree, scan):
+    tree.write('common.py', 'while True:\n    pass\n')
+    tree.write('user.py', 'from . import common\n' + OTHER)
+    found = scan()
+    assert found.modules['user'].error.kind == 'timeout'
+    tree.write('common.py', 'X = 1\n')
+    found = scan()
+    assert scan.probed == ['common', 'user']
+    assert found.modules['user'].error is None
+
+
+def test_package_importing_its_submodule_is_not_a_cycle(tree, scan):
+    tree.write('pkg/__init__.py', 'from .mod import Greet  # noqa\n')
+    tree.write('pkg/helpers.py', 'X = 1\n')
+    tree.write('pkg/mod.py', 'from . import helpers\n' + GREET)
+    found = scan()
+    assert found.errors() == []
+    assert 'hot.pkg.mod.greet' in {a.name for a, _ in found.actions()}
+
+
+def test_imports_inside_functions_are_pinned_with_their_own(tree, scan):
+    tree.write('c.py', 'X = 1\n')
+    tree.write('b.py', 'from . import c\n')
+    tree.write('a.py', GREET.replace(
+        'def run(self, context):',
+        'def run(self, context):\n        from . import b  # noqa'))
+    found = scan()
+    assert set(found.modules['a'].good.imports) == {'b', 'c'}
