@@ -15,6 +15,7 @@ table.
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -37,6 +38,11 @@ from hotload import watcher
 
 LOG = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30.0
+#: Seconds between checks of the actions directory when nothing happens.
+LOOP_INTERVAL = 5.0
+#: Backoff after a failed scan, seconds.
+RETRY_MIN = 1.0
+RETRY_MAX = 60.0
 
 
 def _now() -> str:
@@ -67,7 +73,13 @@ class Daemon:
         self._worker = None
         self._status = {}
         self._rescan_seen = 0.0
-        self._notifier = notify.Notifier()
+        self._notifier = notify.Notifier(healthy=self.healthy)
+        self._alive_at = time.monotonic()
+        # The loop wakes every LOOP_INTERVAL; a scan may add a probe
+        # timeout per module being probed at once.
+        self._alive_limit = (2 * LOOP_INTERVAL + options.probe_timeout
+                             * max(1, options.probe_workers))
+        self._root_inode = None
         self.generation = 0
 
     def start(self) -> None:
@@ -94,6 +106,7 @@ class Daemon:
             control_dir=self.states.control_dir)
         self._watcher.start()
         self._resources.callback(self._watcher.stop)
+        self._root_inode = os.stat(self.root).st_ino
         self._rescan_seen = self.states.rescan_requested()
         current = self.rescan()
         self._notifier.ready(self._summary(current))
@@ -116,16 +129,53 @@ class Daemon:
         self._changed.set()
 
     def _work(self) -> None:
+        retry = RETRY_MIN
         while True:
-            self._changed.wait()
+            self._alive_at = time.monotonic()
+            if not self._changed.wait(LOOP_INTERVAL):
+                self._check_root()
+                continue
             if self._stopping.is_set():
                 return
             self._changed.clear()
             requested = self.states.rescan_requested()
             full = requested != self._rescan_seen
             self._rescan_seen = requested
-            current = self.rescan(probe_all=full)
+            try:
+                current = self.rescan(probe_all=full)
+            except Exception as exc:
+                # Nothing may end this loop but stop(): a full disk or a
+                # file vanishing mid-walk is retried, and said, not fatal.
+                LOG.exception('Scan failed; still serving the last '
+                              'generation, retrying in %.0f s', retry)
+                self._write_status(error=f'scan failed: {exc}')
+                self._changed.set()
+                self._stopping.wait(retry)
+                retry = min(retry * 2, RETRY_MAX)
+                continue
+            retry = RETRY_MIN
             self._notifier.status(self._summary(current))
+
+    def _check_root(self) -> None:
+        """Restart the worker if the actions directory was replaced.
+
+        An inotify watch follows the directory's inode: after
+        ``rm -rf actions.d; mkdir actions.d`` or a rename over it, no event
+        would ever come again. oslo.service starts a new worker, which
+        watches the new directory.
+        """
+        try:
+            inode = os.stat(self.root).st_ino
+        except OSError:
+            inode = None
+        if inode != self._root_inode:
+            LOG.error('actions_dir %s was removed or replaced; restarting '
+                      'to watch it again', self.root)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def healthy(self) -> bool:
+        """True while the scan loop is turning (for the watchdog)."""
+        return time.monotonic() - self._alive_at < self._alive_limit
 
     def _summary(self, current: manifest_mod.Manifest | None) -> str:
         if current is None:
@@ -196,16 +246,22 @@ class Daemon:
                  len(current.modules), len(current.actions()),
                  len(current.errors()), len(result.probed), result.duration)
 
-    def _write_status(self, current, error=None, probed=0, seconds=0.0):
+    def _write_status(self, current=None, error=None, probed=0,
+                      seconds=0.0):
+        """Record the last scan (or its failure) for ``status``."""
+        if current is not None:
+            self._status['generation'] = current.generation
         self._status.update({
-            'generation': current.generation,
             'last_scan_at': _now(),
             'last_scan_probed': probed,
             'last_scan_seconds': round(seconds, 3),
             'error': error,
         })
-        store.atomic_write(self.states.status_path,
-                           json.dumps(self._status, indent=1).encode())
+        try:
+            store.atomic_write(self.states.status_path,
+                               json.dumps(self._status, indent=1).encode())
+        except OSError as exc:
+            LOG.error('Cannot write %s: %s', self.states.status_path, exc)
 
 
 class DaemonService(service_base.ServiceBase):
@@ -241,6 +297,30 @@ class DaemonService(service_base.ServiceBase):
             self.daemon.rescan()
 
 
+def startup_problem(conf: cfg.ConfigOpts) -> str | None:
+    """Why the daemon cannot start with ``conf``, or None.
+
+    Checked before launching, in the master: a worker that failed on these
+    would be restarted forever.
+    """
+    options = conf.hotload
+    if not os.path.isdir(options.actions_dir):
+        return (f'actions_dir {options.actions_dir} is not a directory; '
+                f'create it (owned by root or the service user, mode 0755) '
+                f'or set [hotload] actions_dir')
+    # Providers run whatever the state directory's manifest names: it must
+    # be as trusted as the actions directory.
+    policy = trust.TrustPolicy(options.trusted_owners,
+                               options.max_file_size)
+    state_dir = options.state_dir
+    problem = policy.check_ancestors(state_dir)
+    if not problem and os.path.exists(state_dir):
+        problem = policy.check_dir(state_dir, os.stat(state_dir))
+    if problem:
+        return f'state_dir {state_dir} is not trusted: {problem}'
+    return None
+
+
 def load_config(argv: list[str]) -> cfg.ConfigOpts:
     """The daemon's configuration from its command line.
 
@@ -265,11 +345,9 @@ def main(argv: list[str] | None = None) -> int:
 
     conf = load_config(sys.argv[1:] if argv is None else argv)
     logging.setup(conf, 'mistral-hotload')
-    actions_dir = conf.hotload.actions_dir
-    if not os.path.isdir(actions_dir):
-        LOG.error('actions_dir %s is not a directory; create it (owned by '
-                  'root or the service user, mode 0755) or set [hotload] '
-                  'actions_dir', actions_dir)
+    problem = startup_problem(conf)
+    if problem:
+        LOG.error('%s', problem)
         return 1
     notify.claim_environment()
     # 'reload' re-reads every option on SIGHUP ('mutate' would skip the

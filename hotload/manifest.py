@@ -251,7 +251,7 @@ class Manifest:
                 modules={name: _record_from_dict(name, record)
                          for name, record in document['modules'].items()},
                 disabled=tuple(document.get('disabled', ())))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise exceptions.ManifestError(
                 f'{source}: malformed manifest: {exc!r}') from exc
 

@@ -13,6 +13,7 @@ of cotyledon's sight before it starts, and this module speaks the protocol.
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 from oslo_log import log as logging
 
@@ -34,9 +35,12 @@ class Notifier:
     :param environ: Where ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` are read;
         by default the process environment, from which the claimed
         variables are removed.
+    :param healthy: Asked before each keep-alive: a daemon whose work has
+        stopped must let the watchdog fire, not feed it.
     """
 
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, environ: dict[str, str] | None = None,
+                 healthy: Callable[[], bool] = lambda: True) -> None:
         if environ is None:
             # Taken out of the environment: the probe's children, which
             # run user code, must not be able to talk to systemd.
@@ -52,6 +56,7 @@ class Notifier:
         usec = environ.get(CLAIMED + 'WATCHDOG_USEC',
                            environ.get('WATCHDOG_USEC', ''))
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() else 0.0
+        self._healthy = healthy
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -84,4 +89,8 @@ class Notifier:
 
     def _keep_alive(self) -> None:
         while not self._stop.wait(self.watchdog_interval):
-            self.send('WATCHDOG=1')
+            if self._healthy():
+                self.send('WATCHDOG=1')
+            else:
+                LOG.error('The scan loop has not turned for too long; '
+                          'letting the systemd watchdog restart the daemon')

@@ -45,6 +45,7 @@ from hotload import loader
 from hotload import manifest as manifest_mod
 from hotload import signals
 from hotload import store
+from hotload import trust
 
 LOG = logging.getLogger(__name__)
 MOUNT_PREFIX = '_hotload_'
@@ -318,6 +319,13 @@ class _Table:
     loaded_at: str = ''
 
 
+def _key(st: os.stat_result | None) -> tuple | None:
+    """What identifies one version of ``manifest.json``, and its trust."""
+    if st is None:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_uid, st.st_mode)
+
+
 def _service_name() -> str:
     """api, engine, executor... from ``mistral-server --server NAME``."""
     argv = sys.argv
@@ -349,7 +357,10 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         self.cache = VersionCache(self.states.blobs, options.actions_dir)
         _CACHE = self.cache
         self._table = _Table(None, None, {})
+        self._refused_key: tuple | None = None
         self._reload_lock = threading.Lock()
+        self._policy = trust.TrustPolicy(options.trusted_owners,
+                                         options.max_file_size)
         self._listener: signals.Listener | None = None
         self._listener_pid: int | None = None
         # Mistral builds providers in the worker that serves (never in a
@@ -381,27 +392,38 @@ class HotloadActionProvider(ml_actions.ActionProvider):
     def _current(self) -> _Table:
         self._ensure_listener()
         table = self._table
-        if self._stat_key() != table.stat_key:
+        key = _key(self._stat())
+        if key != table.stat_key and key != self._refused_key:
             self.refresh()
             table = self._table
         return table
 
-    def _stat_key(self) -> tuple | None:
+    def _stat(self) -> os.stat_result | None:
         try:
-            st = os.stat(self.states.current_path)
+            return os.stat(self.states.current_path)
         except FileNotFoundError:
             return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def refresh(self) -> bool:
-        """Load the newest generation if it changed; True if swapped."""
+        """Load the newest generation if it changed; True if swapped.
+
+        A manifest that cannot be used is refused once per version of the
+        file (logged, listed in ``status``) and the table being served
+        stays; lookups do not read it again until it changes.
+        """
         with self._reload_lock:
-            key = self._stat_key()
-            if key == self._table.stat_key:
+            st = self._stat()
+            key = _key(st)
+            if key == self._table.stat_key or key == self._refused_key:
                 return False
             try:
+                if st is not None:
+                    self._check_trusted(st)
                 current = self.states.load()
-            except (exceptions.ManifestError, OSError) as exc:
+            # A provider must never break Mistral's lookups, whatever is on
+            # disk: anything here is reported, and the old table serves.
+            except Exception as exc:  # noqa: BLE001
+                self._refused_key = key
                 LOG.error('Keeping hot action generation %d: %s',
                           self.generation, exc)
                 self.cache.errors.append(str(exc))
@@ -425,6 +447,23 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         LOG.info('Serving hot action generation %d (%d actions)',
                  current.generation, len(descriptors))
         return True
+
+    def _check_trusted(self, st: os.stat_result) -> None:
+        """Refuse a manifest someone untrusted could have written.
+
+        The manifest names the code this process runs (blobs are checked
+        against its hashes), so it gets the trust rules of the actions
+        directory: a trusted owner, not writable by group or others, in a
+        state directory that is the same.
+        """
+        problem = (self._policy.check_owner_and_mode(st, 'manifest.json')
+                   or self._policy.check_dir(
+                       self.states.state_dir,
+                       os.stat(self.states.state_dir))
+                   or self._policy.check_ancestors(self.states.state_dir))
+        if problem:
+            raise exceptions.UntrustedRootError(
+                f'{self.states.current_path} is not trusted: {problem}')
 
     def _ensure_listener(self) -> None:
         # Mistral creates providers lazily, and a server may fork after

@@ -24,9 +24,10 @@ from hotload import trust
 
 LOG = logging.getLogger(__name__)
 
-#: Errors decided from the whole table, not by a probe of the module alone;
-#: a module carrying one is probed again at the next scan.
-TABLE_ERRORS = frozenset({'collision', 'reserved'})
+#: Errors not decided by the module's own content (the whole table's
+#: names, or the probe machinery failing): a module carrying one is
+#: probed again at the next scan.
+RETRIED_ERRORS = frozenset({'collision', 'reserved', 'probe'})
 PROGRESS_EVERY = 50
 
 
@@ -122,9 +123,12 @@ def snapshot_tree(root: str, policy: trust.TrustPolicy,
             if not trust.is_identifier(name):
                 LOG.debug('Skipping %s: not a Python package name', relpath)
                 continue
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue  # removed while we walk; the next scan sees it
             dirnames.append(name)
-            dir_problems[path] = inherited or policy.check_dir(
-                relpath, os.lstat(path))
+            dir_problems[path] = inherited or policy.check_dir(relpath, st)
         for name in sorted(filenames):
             if trust.is_ignored_name(name):
                 continue
@@ -242,7 +246,7 @@ class Scanner:
         if record is None:
             return True
         error = record.error
-        if error and error.kind in TABLE_ERRORS:
+        if error and error.kind in RETRIED_ERRORS:
             return True
         if error and error.kind != 'refused':
             attempt = (error.sha256, error.imports)
@@ -267,7 +271,17 @@ class Scanner:
             for done, future in enumerate(
                     concurrent.futures.as_completed(futures), 1):
                 name = futures[future]
-                results[name] = future.result()
+                try:
+                    results[name] = future.result()
+                except Exception as exc:
+                    # The probe machinery itself failed (no memory to
+                    # fork, say): that module waits for the next scan,
+                    # the others go on.
+                    LOG.exception('Probing %s failed', name)
+                    results[name] = probe_mod.ProbeResult(
+                        name, (), {}, manifest.ModuleError(
+                            kind='probe', path=snapshot.sources[name].path,
+                            message=f'the probe itself failed: {exc!r}'))
                 if len(names) >= PROGRESS_EVERY and (
                         done % PROGRESS_EVERY == 0 or done == len(names)):
                     LOG.info('Probed %d/%d modules', done, len(names))

@@ -26,9 +26,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from oslo_log import log as logging
+
 from hotload import exceptions
 from hotload import manifest as manifest_mod
 
+LOG = logging.getLogger(__name__)
 CURRENT = 'manifest.json'
 GENERATIONS = 'generations'
 BLOBS = 'blobs'
@@ -256,7 +259,10 @@ class ManifestStore:
         pointing ``manifest.json`` at it never reuses its number.
         """
         numbers = self.generation_numbers()
-        current = self.load()
+        try:
+            current = self.load()
+        except exceptions.ManifestError:
+            current = None  # unreadable: the generation files still count
         return max(numbers[-1] if numbers else 0,
                    current.generation if current else 0) + 1
 
@@ -307,9 +313,14 @@ class ManifestStore:
         referenced: set[str] = set()
         for number in kept:
             path = self._generation_path(number)
-            with open(path, 'rb') as stream:
-                kept = manifest_mod.Manifest.from_json(stream.read(), path)
-            for module in kept.modules.values():
+            try:
+                with open(path, 'rb') as stream:
+                    generation = manifest_mod.Manifest.from_json(
+                        stream.read(), path)
+            except exceptions.ManifestError as exc:
+                LOG.error('Ignoring unreadable old generation: %s', exc)
+                continue
+            for module in generation.modules.values():
                 if module.good:
                     referenced.add(module.good.sha256)
                     referenced.update(s for s in module.good.imports.values()
@@ -319,8 +330,11 @@ class ManifestStore:
 
     def _remove_stale_temporaries(self) -> None:
         # Left by a writer killed between mkstemp and rename; only the
-        # lock holder calls this, so none of them is in use.
-        for directory, _dirs, files in os.walk(self.state_dir):
+        # lock holder writes outside control/ (the CLI writes there
+        # without the lock), so none of these is in use.
+        for directory, dirs, files in os.walk(self.state_dir):
+            if directory == self.state_dir and CONTROL in dirs:
+                dirs.remove(CONTROL)
             for name in files:
                 if name.startswith('.tmp-'):
                     os.unlink(os.path.join(directory, name))

@@ -74,8 +74,15 @@ class TrustPolicy:
         self.trusted_uids = {uid for uid in map(_resolve_owner, trusted_owners)
                              if uid is not None} | {os.geteuid()}
 
-    def _owner_and_mode_problem(self, st: os.stat_result,
-                                what: str) -> str | None:
+    def check_owner_and_mode(self, st: os.stat_result, what: str,
+                             sticky_ok: bool = False) -> str | None:
+        """Problem with who could have written ``st``, or None.
+
+        :param st: The stat of a file or directory.
+        :param what: How to name it in the message.
+        :param sticky_ok: Accept a sticky directory writable by all (/tmp):
+            nobody but its owner may rename or remove others' entries.
+        """
         if not self.check_ownership:
             return None
         if st.st_uid not in self.trusted_uids:
@@ -85,6 +92,8 @@ class TrustPolicy:
                 owner = str(st.st_uid)
             return (f'{what} is owned by {owner}, which is not a trusted '
                     f'owner (trusted_owners); chown it to a trusted user')
+        if sticky_ok and st.st_mode & stat.S_ISVTX:
+            return None
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             writable = ('everyone' if st.st_mode & stat.S_IWOTH
                         else 'its group')
@@ -99,11 +108,13 @@ class TrustPolicy:
             return None
         path = os.path.dirname(os.path.realpath(root))
         while True:
-            st = os.stat(path)
-            # A sticky directory (/tmp) lets nobody rename others' entries.
-            if not st.st_mode & stat.S_ISVTX:
-                problem = self._owner_and_mode_problem(
-                    st, f'parent directory {path}')
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                st = None  # created later, under a checked parent
+            if st is not None:
+                problem = self.check_owner_and_mode(
+                    st, f'parent directory {path}', sticky_ok=True)
                 if problem:
                     return problem
             parent = os.path.dirname(path)
@@ -113,7 +124,7 @@ class TrustPolicy:
 
     def check_dir(self, path: str, st: os.stat_result) -> str | None:
         """Problem with a directory of the tree, or None."""
-        return self._owner_and_mode_problem(st, f'directory {path}')
+        return self.check_owner_and_mode(st, f'directory {path}')
 
     def check_file(self, st: os.stat_result) -> str | None:
         """Problem with an opened file (``fstat`` of its descriptor)."""
@@ -122,4 +133,4 @@ class TrustPolicy:
         if st.st_size > self.max_file_size:
             return (f'file is {st.st_size} bytes, larger than max_file_size '
                     f'({self.max_file_size} bytes)')
-        return self._owner_and_mode_problem(st, 'file')
+        return self.check_owner_and_mode(st, 'file')

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from hotload import exceptions
 from hotload import store
 from tests.polling import DEADLINE
 from tests.polling import process_alive
@@ -64,12 +65,18 @@ class DaemonProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=DEADLINE)
 
+    def current(self):
+        try:
+            return self.states.load()
+        except exceptions.ManifestError:
+            return None
+
     def generation(self):
-        current = self.states.load()
+        current = self.current()
         return current.generation if current else 0
 
     def served(self):
-        current = self.states.load()
+        current = self.current()
         return {a.name for a, _ in current.actions()} if current else set()
 
 
@@ -219,3 +226,39 @@ def test_missing_actions_dir_is_a_clear_error(tmp_path):
     # oslo.log writes to stdout unless use_stderr is set.
     assert f'actions_dir {tmp_path / "nowhere"} is not a directory' in \
         result.stdout + result.stderr
+
+
+def test_untrusted_state_dir_is_refused_before_start(tree, tmp_path):
+    state = tmp_path / 'state'
+    state.mkdir(mode=0o777)
+    os.chmod(state, 0o777)
+    config = tmp_path / 'd.conf'
+    config.write_text(f'[hotload]\nactions_dir = {tree.root}\n'
+                      f'state_dir = {state}\n')
+    result = subprocess.run(
+        [sys.executable, '-c', 'from hotload.cmd.daemon import main; '
+         'raise SystemExit(main())', '--config-file', str(config)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f'state_dir {state} is not trusted' in result.stdout
+
+
+def test_unreadable_manifest_and_bad_control_file_do_not_stop_it(tree,
+                                                                 daemon):
+    daemon.states.ensure()
+    with open(daemon.states.current_path, 'w') as stream:
+        stream.write('{"schema": 99}')
+    tree.write('greet.py', GREET)
+    daemon.start()
+    wait_for(lambda: 'hot.greet.greet' in daemon.served(),
+             'a fresh generation over the unreadable one')
+    with open(daemon.states.disabled_path, 'w') as stream:
+        stream.write('not json')
+    tree.write('other.py', GREET.replace('Greet(', 'Other('))
+    wait_for(lambda: 'not a JSON list' in (daemon.states.load_status()
+                                           .get('error') or ''),
+             'the failed scan in the status file')
+    daemon.states.set_disabled(set())
+    wait_for(lambda: 'hot.other.other' in daemon.served(),
+             'the scan loop to go on')
+    daemon.stop()

@@ -129,3 +129,28 @@ def test_wrong_parameters_are_refused_before_running(tree, scan, provider):
     with pytest.raises(Exception, match='missing=.*who'):
         descriptor.check_parameters({})
     assert 'content_key=' in repr(descriptor)
+
+
+def test_untrusted_or_broken_manifest_keeps_the_table(tree, scan, provider):
+    tree.write('greet.py', GREET)
+    scan()
+    assert provider.find('hot.greet.greet') is not None
+    path = scan.states.current_path
+    loads = []
+    real_load = provider.states.load
+    provider.states.load = lambda: loads.append(1) or real_load()
+    os.chmod(path, 0o666)  # someone else could have written it
+    for _ in range(3):
+        assert provider.find('hot.greet.greet') is not None
+    assert loads == []  # refused from its stat, never read
+    assert 'manifest.json is not trusted' in provider.cache.errors[-1]
+    os.chmod(path, 0o644)
+    os.unlink(path)
+    with open(path, 'w') as stream:
+        stream.write('{"schema": 1, "generation": 9, "created_at": "", '
+                     '"package_name": "p", "action_prefix": "", '
+                     '"modules": {"x": 1}}')
+    for _ in range(3):
+        assert provider.find('hot.greet.greet') is not None
+    assert len(loads) == 1  # read once, refused until it changes
+    assert 'malformed manifest' in provider.cache.errors[-1]
