@@ -76,6 +76,12 @@ def _module_name(relpath: str) -> str | None:
     return '.'.join(parts)
 
 
+def _holds_modules(directory: str) -> bool:
+    """True when a ``.py`` file that would be loaded lies under it."""
+    return any(not trust.is_ignored_name(name)
+               for _dir, _dirs, files in os.walk(directory) for name in files)
+
+
 def _refusal(path: str, message: str) -> manifest.ModuleError:
     return manifest.ModuleError(kind='refused', message=message, path=path)
 
@@ -121,7 +127,10 @@ def snapshot_tree(root: str, policy: trust.TrustPolicy,
                         f'actions directory')
                 continue
             if not trust.is_identifier(name):
-                LOG.debug('Skipping %s: not a Python package name', relpath)
+                if _holds_modules(path):
+                    refused[relpath] = _refusal(
+                        relpath, 'not a valid Python package name: the '
+                        'modules under it cannot be imported')
                 continue
             try:
                 st = os.lstat(path)
@@ -136,12 +145,22 @@ def snapshot_tree(root: str, policy: trust.TrustPolicy,
             relpath = os.path.relpath(path, root)
             module = _module_name(relpath)
             if module is None:
-                if relpath != '__init__.py':
-                    refused[relpath] = _refusal(
-                        relpath, 'not a valid Python module name')
+                refused[relpath] = _refusal(relpath, (
+                    'the actions directory is mounted as a namespace '
+                    'package: its own __init__.py is not loaded; move the '
+                    'code to a module') if relpath == '__init__.py'
+                    else 'not a valid Python module name')
                 continue
             if name == '__init__.py':
                 init_dirs.add(module)
+                shadowed = sources.pop(module, None) or \
+                    refused.pop(module, None)
+                if shadowed:
+                    # As in Python, the package wins over foo.py.
+                    refused[shadowed.path] = _refusal(
+                        shadowed.path, f'shadowed by the package '
+                        f'{relpath}: a module and a package cannot share '
+                        f'a name')
             problem = inherited
             data = None
             if not problem:

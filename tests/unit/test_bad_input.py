@@ -356,3 +356,18 @@ def test_imports_inside_functions_are_pinned_with_their_own(tree, scan):
         'def run(self, context):\n        from . import b  # noqa'))
     found = scan()
     assert set(found.modules['a'].good.imports) == {'b', 'c'}
+
+
+def test_files_that_cannot_be_loaded_are_reported_not_dropped(tree, scan):
+    tree.write('foo.py', OTHER)
+    tree.write('foo/__init__.py', GREET)
+    tree.write('cinder-v2/backups.py', GREET)
+    tree.write('__init__.py', 'x = 1\n')
+    found = scan()
+    assert 'hot.foo.greet' in {a.name for a, _ in found.actions()}
+    assert 'shadowed by the package foo/__init__.py' in \
+        found.modules['foo.py'].error.message
+    assert 'not a valid Python package name' in \
+        found.modules['cinder-v2'].error.message
+    assert 'its own __init__.py is not loaded' in \
+        found.modules['__init__.py'].error.message
