@@ -31,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 from mistral_lib import actions as ml_actions
@@ -105,6 +106,10 @@ class VersionCache:
         self.blobs = blobs
         self.root = root
         self._importers: dict[str, loader.TreeImporter] = {}
+        #: Live actions per mount (see hold()), and the mounts the current
+        #: table names.
+        self._users: collections.Counter[str] = collections.Counter()
+        self._wanted: set[str] = set()
         self._lock = threading.Lock()
         self._router = _MountRouter(self._importers)
         sys.meta_path.insert(0, self._router)
@@ -143,10 +148,37 @@ class VersionCache:
                                f'{exc}')
             raise
 
+    def hold(self, action: 'HotloadAction') -> None:
+        """Keep ``action``'s version loaded for as long as it exists.
+
+        An action in flight may import in-tree modules of its own version
+        at run time; its version stays mounted until it is garbage.
+        """
+        mount = MOUNT_PREFIX + action.ref.content_key
+        with self._lock:
+            self._users[mount] += 1
+        weakref.finalize(action, self._release, mount)
+
+    def _release(self, mount: str) -> None:
+        with self._lock:
+            self._users[mount] -= 1
+            idle = self._users[mount] <= 0
+            if idle:
+                del self._users[mount]
+            stale = idle and mount not in self._wanted
+        if stale:
+            self._forget(mount)
+
     def retain(self, content_keys: set[str]) -> None:
-        """Drop every loaded version whose key is not in ``content_keys``."""
-        keep = {MOUNT_PREFIX + key for key in content_keys}
-        for mount in [m for m in list(self._importers) if m not in keep]:
+        """Drop loaded versions not in ``content_keys`` that nothing uses.
+
+        Versions still used by an action are dropped when it is released.
+        """
+        with self._lock:
+            self._wanted = {MOUNT_PREFIX + key for key in content_keys}
+            stale = [m for m in self._importers
+                     if m not in self._wanted and not self._users[m]]
+        for mount in stale:
             self._forget(mount)
 
     def loaded(self) -> set[str]:
@@ -264,7 +296,9 @@ class HotloadActionSerializer(serialization.DictBasedSerializer):
         action = cls.__new__(cls)
         for key, value in entity_dict['data'].items():
             setattr(action, key, value)
-        return HotloadAction(action, ref)
+        wrapped = HotloadAction(action, ref)
+        cache.hold(wrapped)
+        return wrapped
 
 
 def _register_serializer() -> None:
@@ -303,7 +337,9 @@ class HotloadActionDescriptor(providers_base.ActionDescriptorBase):
 
     def instantiate(self, params, wf_ctx):
         cls = self._cache.action_class(self.ref)
-        return HotloadAction(cls(**(params or {})), self.ref)
+        action = HotloadAction(cls(**(params or {})), self.ref)
+        self._cache.hold(action)
+        return action
 
     def __repr__(self) -> str:
         return (f'Hot action [name={self.name}, '
@@ -436,12 +472,8 @@ class HotloadActionProvider(ml_actions.ActionProvider):
                 ref = ActionRef.of(action, record, current.package_name)
                 descriptors[action.name] = HotloadActionDescriptor(
                     ref, action, self.cache)
-            # Versions of the previous table stay loaded one generation
-            # more: an action still running may import from its own tree.
-            self.cache.retain(
-                {d.ref.content_key for d in descriptors.values()}
-                | {d.ref.content_key
-                   for d in self._table.descriptors.values()})
+            self.cache.retain({d.ref.content_key
+                               for d in descriptors.values()})
             self._table = _Table(key, current, descriptors,
                                  time.strftime('%Y-%m-%dT%H:%M:%S%z'))
         LOG.info('Serving hot action generation %d (%d actions)',

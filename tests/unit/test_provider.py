@@ -4,6 +4,7 @@ These tests drive the provider directly on a state directory the scanner
 filled; the functional tests show the same inside a real Mistral.
 """
 
+import gc
 import os
 import socket
 
@@ -77,13 +78,20 @@ def test_missing_content_fails_the_action_clearly(tree, scan, provider):
     scan()
     action = provider.find('hot.greet.greet').instantiate({'who': 'x'}, {})
     data = serialization.get_polymorphic_serializer().serialize(action)
-    provider.cache.retain(set())
-    os.unlink(scan.states.blobs.path(action.ref.sha256))
+    ref = action.ref
+    # The version is no longer in memory (a newer one is served and the
+    # action is gone) and the blob store lost it.
+    tree.write('greet.py', SLOW.replace('"v1"', '"v2"'))
+    scan()
+    provider.find('hot.greet.greet')
+    del action
+    gc.collect()
+    os.unlink(scan.states.blobs.path(ref.sha256))
     restored = serialization.get_polymorphic_serializer().deserialize(data)
     result = run(restored)
     assert isinstance(result, ml_actions.Result)
     assert 'hot.greet.greet' in result.error
-    assert action.ref.content_key in result.error
+    assert ref.content_key in result.error
     assert socket.gethostname() in result.error
 
 
@@ -154,3 +162,25 @@ def test_untrusted_or_broken_manifest_keeps_the_table(tree, scan, provider):
         assert provider.find('hot.greet.greet') is not None
     assert len(loads) == 1  # read once, refused until it changes
     assert 'malformed manifest' in provider.cache.errors[-1]
+
+
+def test_version_in_use_stays_loaded_until_its_action_is_gone(tree, scan,
+                                                              provider):
+    tree.write('helper.py', 'WORD = "old"\n')
+    tree.write('late.py', GREET.replace(
+        'def run(self, context):',
+        'def run(self, context):\n        from . import helper\n'
+        '        return helper.WORD\n\n    def unused(self):'))
+    scan()
+    action = provider.find('hot.late.greet').instantiate({'who': 'x'}, {})
+    key = action.ref.content_key
+    for word in ('new', 'newer'):  # two generations later...
+        tree.write('helper.py', f'WORD = "{word}"\n')
+        scan()
+        provider.find('hot.late.greet')
+    # ...the action in flight still imports its own helper at run time.
+    assert key in provider.cache.loaded()
+    assert run(action) == 'old'
+    del action
+    gc.collect()
+    assert key not in provider.cache.loaded()
