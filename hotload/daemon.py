@@ -293,6 +293,8 @@ class DaemonService(service_base.ServiceBase):
         self._stopped.wait()
 
     def reset(self) -> None:
+        # Part of oslo.service's interface; on its threading backend SIGHUP
+        # restarts the worker instead of calling this.
         if self.daemon:
             self.daemon.rescan()
 
