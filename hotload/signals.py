@@ -5,8 +5,14 @@ The daemon casts to every provider at once (a fanout cast on
 topic. A signal only makes a provider load the new table sooner: providers
 also notice a new generation on their own, so a lost signal or a broker
 outage delays nothing that a lookup needs.
+
+Nothing here may hang a command: oslo.messaging retries a broker that is
+down forever, so :func:`unreachable_brokers` checks it first, with a plain
+TCP connection, and :func:`collect_statuses` stops waiting at its deadline
+whatever oslo.messaging does.
 """
 
+import concurrent.futures
 import os
 import socket
 import threading
@@ -21,6 +27,14 @@ from oslo_messaging import opts as oslo_messaging_opts
 LOG = logging.getLogger(__name__)
 NAMESPACE = 'hotload'
 VERSION = '1.0'
+# Seconds a broker has to accept a TCP connection, unless told otherwise.
+BROKER_TIMEOUT = 3.0
+# Ports the oslo.messaging drivers use when the URL names none.
+DEFAULT_PORTS = {'rabbit': 5672, 'amqp': 5672, 'kafka': 9092}
+# Seconds collect_statuses gives a working transport to close after its
+# deadline (stopping the reply server takes about a second: its listener
+# finishes the poll it is in); one that hangs is abandoned.
+CLOSE_TIMEOUT = 3.0
 
 
 def register_transport_opts(conf: cfg.ConfigOpts) -> None:
@@ -47,6 +61,72 @@ def transport_configured(conf: cfg.ConfigOpts) -> bool:
     location = conf.get_location('transport_url')
     return bool(conf.transport_url) and (
         location is None or location.location != cfg.Locations.opt_default)
+
+
+def broker_address(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    return f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
+
+
+def broker_addresses(conf: cfg.ConfigOpts) -> tuple[str, list[tuple]]:
+    """The driver and ``(host, port)`` of each broker of ``transport_url``.
+
+    Hosts without a port get the driver's default one; a driver without a
+    default port and hosts (``fake://``) has nothing to connect to.
+
+    :param conf: Configuration with ``transport_url``.
+    :raises InvalidTransportURL: when it cannot be parsed. Its message
+        never contains the URL, which carries credentials.
+    """
+    if 'transport_url' not in conf:
+        register_transport_opts(conf)
+    try:
+        url = oslo_messaging.TransportURL.parse(conf)
+    except ValueError:
+        # netutils' message for a bad port quotes the host part, which may
+        # hold the password.
+        raise oslo_messaging.InvalidTransportURL(
+            None, 'bad host or port') from None
+    default_port = DEFAULT_PORTS.get(url.transport)
+    hosts = [(h.hostname or 'localhost', h.port or default_port)
+             for h in url.hosts]
+    if not hosts and default_port:
+        hosts = [('localhost', default_port)]
+    return url.transport, [h for h in hosts if h[1]]
+
+
+def _refusal(address: tuple, timeout: float) -> str | None:
+    host, port = address
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f'no answer in {timeout:g} s'
+        return f'{broker_address(host, port)} unreachable ({reason})'
+    return None
+
+
+def unreachable_brokers(conf: cfg.ConfigOpts,
+                        timeout: float = BROKER_TIMEOUT) -> list[str]:
+    """The brokers of ``transport_url`` that do not accept a TCP connection.
+
+    Only TCP is tried (credentials and AMQP are not), every host at once,
+    so this takes at most about ``timeout``: what oslo.messaging would
+    retry forever is known here in a bounded time.
+
+    :param conf: Configuration with ``transport_url``.
+    :param timeout: Seconds each broker has to accept the connection.
+    :returns: ``host:port unreachable (reason)`` for each of them, in the
+        URL's order; never credentials.
+    :raises InvalidTransportURL: when ``transport_url`` cannot be parsed.
+    """
+    _driver, hosts = broker_addresses(conf)
+    if not hosts:
+        return []
+    with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
+        refusals = list(pool.map(lambda h: _refusal(h, timeout), hosts))
+    return [r for r in refusals if r]
 
 
 def _target(conf: cfg.ConfigOpts, **kwargs) -> oslo_messaging.Target:
@@ -161,33 +241,107 @@ class _ReplyEndpoint:
             if self.expected and len(self.statuses) >= self.expected:
                 self.complete.set()
 
+    def snapshot(self) -> list[dict]:
+        """The statuses received so far (more may still arrive)."""
+        with self._lock:
+            return list(self.statuses)
+
+
+class NotAsked(Exception):
+    """The status request could not be sent before the deadline.
+
+    Its message says why, without the transport URL.
+    """
+
+
+class _StatusRequest:
+    """One ``report_status`` exchange, run in a thread of its own.
+
+    Everything that talks to the broker happens in :meth:`run`, because
+    any of it may hang; and because a server's ``stop()`` waits for its
+    ``start()`` to return, so stopping it from another thread would hang
+    that thread too.
+    """
+
+    def __init__(self, conf: cfg.ConfigOpts,
+                 endpoint: _ReplyEndpoint) -> None:
+        self.conf = conf
+        self.endpoint = endpoint
+        self.asked = threading.Event()
+        self.finished = threading.Event()
+        self.failure = ''
+
+    def run(self) -> None:
+        """Send the request, keep the reply server up until ``finished``."""
+        try:
+            self._exchange()
+        except Exception as exc:
+            # Any failure means "not asked"; its message may quote the
+            # transport URL, so only its type is passed on.
+            self.failure = (f'the messaging transport failed '
+                            f'({type(exc).__name__})')
+            LOG.debug('Status request failed', exc_info=True)
+        finally:
+            # Nothing more will arrive: the caller need not wait on.
+            if not self.asked.is_set():
+                self.endpoint.complete.set()
+
+    def _exchange(self) -> None:
+        conf, endpoint = self.conf, self.endpoint
+        transport = oslo_messaging.get_rpc_transport(conf)
+        reply_topic = f'{conf.hotload.signal_topic}_status'
+        reply_server = (f'{socket.gethostname()}.{os.getpid()}.'
+                        f'{endpoint.request_id[:8]}')
+        try:
+            server = oslo_messaging.get_rpc_server(
+                transport, oslo_messaging.Target(topic=reply_topic,
+                                                 server=reply_server),
+                [endpoint], executor='threading')
+            server.start()
+            try:
+                client = oslo_messaging.get_rpc_client(transport,
+                                                       _target(conf))
+                client.prepare(fanout=True, retry=1).cast(
+                    {}, 'report_status', request_id=endpoint.request_id,
+                    reply_topic=reply_topic, reply_server=reply_server)
+                self.asked.set()
+                self.finished.wait()
+            finally:
+                server.stop()
+                server.wait()
+        finally:
+            transport.cleanup()
+
 
 def collect_statuses(conf: cfg.ConfigOpts, timeout: float,
                      expected: int | None = None) -> list[dict]:
     """Ask every provider for its status; what answered within ``timeout``.
 
+    Returns by the deadline even when oslo.messaging does not (it retries
+    forever, inside the reply server's ``start()``, a broker that accepts
+    TCP but never completes the AMQP handshake): the exchange runs in a
+    daemon thread, which is abandoned if it is stuck, so it cannot keep
+    the process from exiting either.
+
     :param conf: Configuration with the transport and ``[hotload]``.
-    :param timeout: Seconds to wait for answers.
+    :param timeout: Seconds to wait for answers, from this call.
     :param expected: Stop waiting once this many have answered.
+    :raises NotAsked: when the request was not sent before the deadline.
     """
-    transport = oslo_messaging.get_rpc_transport(conf)
-    request_id = uuid.uuid4().hex
-    reply_topic = f'{conf.hotload.signal_topic}_status'
-    reply_server = f'{socket.gethostname()}.{os.getpid()}.{request_id[:8]}'
-    endpoint = _ReplyEndpoint(request_id, expected)
-    server = oslo_messaging.get_rpc_server(
-        transport, oslo_messaging.Target(topic=reply_topic,
-                                         server=reply_server),
-        [endpoint], executor='threading')
-    server.start()
-    try:
-        client = oslo_messaging.get_rpc_client(transport, _target(conf))
-        client.prepare(fanout=True, retry=1).cast(
-            {}, 'report_status', request_id=request_id,
-            reply_topic=reply_topic, reply_server=reply_server)
-        endpoint.complete.wait(timeout)
-    finally:
-        server.stop()
-        server.wait()
-        transport.cleanup()
-    return list(endpoint.statuses)
+    endpoint = _ReplyEndpoint(uuid.uuid4().hex, expected)
+    request = _StatusRequest(conf, endpoint)
+    worker = threading.Thread(target=request.run, name='hotload-status',
+                              daemon=True)
+    worker.start()
+    endpoint.complete.wait(timeout)
+    request.finished.set()
+    if not request.asked.is_set():
+        raise NotAsked(request.failure or
+                       f'the messaging transport did not connect to the '
+                       f'broker within '
+                       f'{timeout:.1f} s')
+    # A working transport closes within about a second: wait for that, so
+    # the broker sees a clean close. One that hangs is abandoned with its
+    # thread.
+    worker.join(CLOSE_TIMEOUT)
+    return endpoint.snapshot()

@@ -35,7 +35,6 @@ import pwd
 import re
 import shlex
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -67,9 +66,6 @@ RESTART_MISTRAL = ('restart mistral-api, mistral-engine and '
 # Importing the provider imports Mistral's libraries: a few seconds warm,
 # more on a cold page cache.
 PYTHON_TIMEOUT = 60.0
-BROKER_TIMEOUT = 3.0
-# Ports the oslo.messaging drivers use when the URL names none.
-DEFAULT_PORTS = {'rabbit': 5672, 'amqp': 5672, 'kafka': 9092}
 # Refused files listed by name; the rest are counted.
 SHOWN_PROBLEMS = 3
 
@@ -502,25 +498,6 @@ def check_state_dir(conf: cfg.ConfigOpts) -> Row:
                f'{current.created_at}')
 
 
-def _address(host: str, port: int) -> str:
-    return f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
-
-
-def broker_addresses(conf: cfg.ConfigOpts) -> tuple[str, list[tuple]]:
-    """The driver and ``(host, port)`` of each broker of ``transport_url``.
-
-    :raises InvalidTransportURL: when it cannot be parsed (the message
-        never contains the URL).
-    """
-    url = oslo_messaging.TransportURL.parse(conf)
-    default_port = DEFAULT_PORTS.get(url.transport)
-    hosts = [(h.hostname or 'localhost', h.port or default_port)
-             for h in url.hosts]
-    if not hosts and default_port:
-        hosts = [('localhost', default_port)]
-    return url.transport, [h for h in hosts if h[1]]
-
-
 def check_broker(conf: cfg.ConfigOpts) -> Row:
     """Each broker of ``transport_url`` accepts a TCP connection."""
     name = 'broker'
@@ -528,25 +505,13 @@ def check_broker(conf: cfg.ConfigOpts) -> Row:
         return Row(name, OK, 'none configured (embedded mode): providers '
                              'notice new generations at their next lookup')
     try:
-        driver, hosts = broker_addresses(conf)
-    except (oslo_messaging.InvalidTransportURL, ValueError) as exc:
-        message = (str(exc) if isinstance(
-            exc, oslo_messaging.InvalidTransportURL) else 'bad host or port')
-        return Row(name, FAIL, f'transport_url cannot be parsed ({message}); '
+        driver, hosts = signals.broker_addresses(conf)
+        unreachable = signals.unreachable_brokers(conf)
+    except oslo_messaging.InvalidTransportURL as exc:
+        return Row(name, FAIL, f'transport_url cannot be parsed ({exc}); '
                                f'correct it in [DEFAULT]')
     if not hosts:
         return Row(name, OK, f'{driver}: no broker to connect to')
-    unreachable = []
-    for host, port in hosts:
-        try:
-            socket.create_connection((host, port),
-                                     timeout=BROKER_TIMEOUT).close()
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                reason = f'no answer in {BROKER_TIMEOUT:.0f} s'
-            unreachable.append(f'{_address(host, port)} unreachable '
-                               f'({reason})')
     if unreachable:
         return Row(name, FAIL,
                    f'broker {", ".join(unreachable)}; providers still pick '
@@ -554,7 +519,8 @@ def check_broker(conf: cfg.ConfigOpts) -> Row:
                    f'`status` of the Mistral processes need it: start the '
                    f'broker, or correct transport_url in [DEFAULT]')
     return Row(name, OK,
-               f'{driver} at {", ".join(_address(*h) for h in hosts)} '
+               f'{driver} at '
+               f'{", ".join(signals.broker_address(*h) for h in hosts)} '
                f'accepts connections (credentials not checked)')
 
 

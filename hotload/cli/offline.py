@@ -2,8 +2,12 @@
 
 ``check`` is meant for action authors' own CI: it validates files exactly
 as the daemon would (same probe, same trust and naming rules) and exits 1
-on any error. ``discover`` and ``catalog`` are the seed tool's
-``discover`` and ``markdown-dump``.
+on any error. A file is checked within its actions directory, so that its
+module name, action names and in-tree imports are the daemon's: ``--root
+DIR`` names that directory; without it, the configured ``actions_dir``
+when the file is in it, else the directory found by :func:`tree_root`.
+``discover`` and ``catalog`` are the seed tool's ``discover`` and
+``markdown-dump``.
 """
 
 import argparse
@@ -23,11 +27,12 @@ from hotload import trust
 
 
 def tree_root(path: str) -> str:
-    """The actions directory a file or directory belongs to.
+    """The actions directory a file or directory belongs to, as a guess.
 
     Walks up while the directory is a package (has ``__init__.py``), the
-    way Python finds where a package starts, so in-tree imports of a
-    checked file resolve as they will in the watched directory.
+    way Python finds where a package starts. Actions directories need no
+    ``__init__.py``, so this stops too low in a tree without them: it is
+    only the last resort of :func:`check_root`.
     """
     path = os.path.abspath(path)
     root = path if os.path.isdir(path) else os.path.dirname(path)
@@ -37,6 +42,47 @@ def tree_root(path: str) -> str:
             break
         root = parent
     return root
+
+
+def _resolved(path: str) -> str:
+    """``path`` absolute, with the symlinks of its directories resolved.
+
+    Its last component is kept: a symlinked module is checked under its
+    own name, as the scanner reports it.
+    """
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)),
+                        os.path.basename(path))
+
+
+def _contains(directory: str, path: str) -> bool:
+    return path == directory or path.startswith(directory + os.sep)
+
+
+def check_root(path: str, root: str | None = None,
+               actions_dir: str | None = None) -> tuple[str, str]:
+    """The actions directory to check ``path`` in, and ``path`` itself.
+
+    :param path: The file or directory to check.
+    :param root: The actions directory given by the operator
+        (``--root``); it must contain ``path``.
+    :param actions_dir: The configured ``actions_dir``, used when it
+        contains ``path``.
+    :returns: The directory and ``path``, both absolute with their
+        directories' symlinks resolved, so that they compare.
+    :raises SystemExitError: when ``path`` is not in ``root``.
+    """
+    path = _resolved(path)
+    if root is not None:
+        directory = os.path.realpath(root)
+        if not _contains(directory, path):
+            raise SystemExitError(f'{path}: not in --root {root}')
+        return directory, path
+    if actions_dir:
+        directory = os.path.realpath(actions_dir)
+        if _contains(directory, path):
+            return directory, path
+    return tree_root(path), path
 
 
 def scan_offline(root: str, conf, parsed_args) -> manifest.Manifest:
@@ -112,13 +158,24 @@ class Check(_OfflineCommand, lister.Lister):
     """Validate action modules as the daemon would; exit 1 on any error.
 
     PATH may be a file or a directory; a file is checked together with the
-    rest of its tree, so its in-tree imports resolve.
+    rest of its actions directory, so its name and in-tree imports are the
+    daemon's. That directory is --root DIR when given; else actions_dir
+    from the configuration when PATH is in it; else found by walking up
+    from PATH while directories have __init__.py (pass --root when they
+    have none).
     """
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument('paths', metavar='PATH', nargs='+',
                             help='Module file or actions directory.')
+        parser.add_argument(
+            '--root', metavar='DIR', default=None,
+            help='The actions directory the PATHs belong to (module and '
+                 'action names are relative to it). Default: actions_dir '
+                 'from the configuration when it contains PATH, else the '
+                 'directory found by walking up from PATH while '
+                 'directories have __init__.py.')
         self.add_scan_arguments(parser)
         return parser
 
@@ -129,8 +186,9 @@ class Check(_OfflineCommand, lister.Lister):
         for path in parsed_args.paths:
             if not os.path.exists(path) and not os.path.islink(path):
                 raise SystemExitError(f'{path}: no such file or directory')
-            by_root.setdefault(tree_root(path), []).append(
-                os.path.abspath(path))
+            root, absolute = check_root(
+                path, parsed_args.root, self.app.conf.hotload.actions_dir)
+            by_root.setdefault(root, []).append(absolute)
         for root, paths in sorted(by_root.items()):
             found = self.scan_dir(root, parsed_args)
             for record in sorted(found.modules.values(),

@@ -5,17 +5,30 @@ daemon's status file; they write requests to its ``control/`` directory,
 which the daemon watches (so they work without a broker); and ``status``
 asks every Mistral process over oslo.messaging what it serves.
 
+``status`` answers within its ``--timeout`` and about a second more (to
+close the connection), whatever the broker does: it first tries the broker
+with a plain TCP connection, because oslo.messaging retries one that is
+down forever, and stops waiting for the processes at the deadline.
+
 Exit status of ``status``, for monitoring:
 
 * 0: the daemon runs, every file is served, every process that answered
   serves the daemon's generation;
 * 1: some file has an error (its last good version, if any, is served);
 * 2: a process lags behind the daemon's generation, the daemon is not
-  running, or nothing was published yet.
+  running, nothing was published yet, or no broker of ``transport_url``
+  accepts a connection (the processes could not be asked, so convergence
+  cannot be confirmed; ``errors`` says which broker and why).
+
+Without ``transport_url`` the processes are not asked (they still load new
+generations by themselves) and the exit status depends on the daemon and
+the files only.
 """
 
 import socket
+import time
 
+import oslo_messaging
 from cliff import columns
 from cliff import command
 from cliff import lister
@@ -28,6 +41,10 @@ from hotload import store
 EXIT_OK = 0
 EXIT_FILE_ERRORS = 1
 EXIT_LAGGING = 2
+UNASKED = 'Mistral processes could not be asked'
+# Least time a broker gets to accept a TCP connection, whatever --timeout
+# says: less would call a working broker unreachable.
+MIN_BROKER_TIMEOUT = 0.5
 
 
 class CommandError(Exception):
@@ -75,11 +92,44 @@ class _StateCommand:
             else set()
 
 
-def _processes(conf, generation: int, timeout: float, all_hosts: bool):
-    """The Mistral processes that answered, each with a ``state``."""
+def _processes(conf, generation: int, timeout: float,
+               all_hosts: bool) -> tuple[list[dict], str]:
+    """The Mistral processes that answered, and why none could be asked.
+
+    The brokers are tried first with a plain TCP connection, for half of
+    ``timeout`` at most (``MIN_BROKER_TIMEOUT`` at least): oslo.messaging
+    would retry one that is down forever. The answers are awaited until
+    ``timeout`` is over, then a working transport is closed (about a
+    second); one that hangs is abandoned (see
+    :func:`signals.collect_statuses`).
+
+    :param conf: Configuration with the transport and ``[hotload]``.
+    :param generation: The daemon's generation; a process of this host
+        serving another one is ``lagging``.
+    :param timeout: Seconds to wait for the broker and the answers.
+    :param all_hosts: Keep the processes of other hosts too.
+    :returns: The processes, each with a ``state``, sorted; and '' or the
+        reason (with the broker's host and port, never credentials) none
+        was asked.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        _driver, brokers = signals.broker_addresses(conf)
+        unreachable = signals.unreachable_brokers(
+            conf, max(timeout / 2, MIN_BROKER_TIMEOUT))
+    except oslo_messaging.InvalidTransportURL as exc:
+        return [], f'transport_url cannot be parsed ({exc}): {UNASKED}'
+    # The drivers fail over between brokers: one that answers is enough.
+    if brokers and len(unreachable) == len(brokers):
+        return [], f'broker {", ".join(unreachable)}: {UNASKED}'
+    try:
+        answers = signals.collect_statuses(
+            conf, max(0.0, deadline - time.monotonic()))
+    except signals.NotAsked as exc:
+        return [], f'{exc}: {UNASKED}'
     host = socket.gethostname()
     found = []
-    for status in signals.collect_statuses(conf, timeout):
+    for status in answers:
         here = status.get('host') == host
         if not (here or all_hosts):
             continue
@@ -91,22 +141,25 @@ def _processes(conf, generation: int, timeout: float, all_hosts: bool):
         else:
             state = 'ok'
         found.append(dict(status, state=state))
-    return sorted(found, key=lambda p: (p['host'], p['service'], p['pid']))
+    found.sort(key=lambda p: (p['host'], p['service'], p['pid']))
+    return found, ''
 
 
 class Status(_StateCommand, show.ShowOne):
     """Show the daemon, what it serves, and every Mistral process.
 
     Exit status: 0 all served and converged, 1 some file has an error,
-    2 a process lags or the daemon is not running.
+    2 a process lags, the daemon is not running, or the broker is
+    unreachable (the processes could not be asked; see errors).
     """
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         parser.add_argument(
             '--timeout', type=float, default=2.0, metavar='SECONDS',
-            help='How long to wait for Mistral processes to answer '
-                 '(default: 2).')
+            help='How long to wait for the broker and the Mistral '
+                 'processes to answer (default: 2). An unreachable broker '
+                 'is an error, exit status 2.')
         parser.add_argument(
             '--all-hosts', action='store_true',
             help='Also list the processes of other nodes (each follows '
@@ -131,18 +184,22 @@ class Status(_StateCommand, show.ShowOne):
                        + ('' if m.good else ' (never served)')
                        for m, e in current.errors()]
         conf = self.app.conf
+        processes, unasked = [], ''
         if parsed_args.no_processes:
-            processes = []
+            pass
         elif not signals.transport_configured(conf):
-            processes = []
             self.app.stderr.write(
                 'No transport_url configured: Mistral processes cannot be '
                 'asked (they still load new generations by themselves).\n')
         else:
-            processes = _processes(conf, generation, parsed_args.timeout,
-                                   parsed_args.all_hosts)
+            processes, unasked = _processes(
+                conf, generation, parsed_args.timeout, parsed_args.all_hosts)
+        if unasked:
+            errors.append(unasked)
         lagging = [p for p in processes if p['state'] == 'lagging']
-        if not running or current is None or lagging:
+        # Processes that could not be asked may lag: convergence is not
+        # confirmed, which monitoring must not read as "only a file error".
+        if not running or current is None or lagging or unasked:
             self.exit_status = EXIT_LAGGING
         elif errors:
             self.exit_status = EXIT_FILE_ERRORS
@@ -214,8 +271,8 @@ class ActionShow(_StateCommand, show.ShowOne):
         parser.add_argument('name', metavar='NAME', help='Action name.')
         parser.add_argument(
             '--timeout', type=float, default=2.0, metavar='SECONDS',
-            help='How long to wait for Mistral processes to say whether '
-                 'they loaded it (default: 2).')
+            help='How long to wait for the broker and the Mistral '
+                 'processes to say whether they loaded it (default: 2).')
         return parser
 
     def take_action(self, parsed_args):
@@ -229,11 +286,15 @@ class ActionShow(_StateCommand, show.ShowOne):
         loaded_by = []
         if signals.transport_configured(self.app.conf):
             key = module.good.content_key
+            processes, unasked = _processes(
+                self.app.conf, current.generation, parsed_args.timeout,
+                all_hosts=True)
+            if unasked:
+                self.app.stderr.write(
+                    f'{unasked} whether they loaded it.\n')
             loaded_by = [
                 f'{p["service"]} pid {p["pid"]} on {p["host"]}'
-                for p in _processes(self.app.conf, current.generation,
-                                    parsed_args.timeout, all_hosts=True)
-                if key in p.get('loaded', ())]
+                for p in processes if key in p.get('loaded', ())]
         fields = {
             'name': action.name,
             'description': action.description,

@@ -58,6 +58,41 @@ def test_check_of_one_file_resolves_its_in_tree_imports(tree):
     assert row['Detail'] == 'hotload.cinder.backups.greet'
 
 
+def _tree_without_init_files(tree) -> str:
+    tree.write('common.py', 'GREETING = "hi"\n')
+    return tree.write('cinder/backups.py', 'from .. import common\n' + GREET)
+
+
+def test_check_with_root_resolves_imports_without_init_files(tree):
+    backups = _tree_without_init_files(tree)
+    # Walking up through __init__.py files would stop at cinder/.
+    assert hotload('check', backups).returncode == 1
+    result = hotload('check', '-f', 'json', '--root', tree.root, backups)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row['Detail'] == 'hotload.cinder.backups.greet'
+
+
+def test_check_of_a_file_in_actions_dir_uses_it_as_root(tree, tmp_path):
+    backups = _tree_without_init_files(tree)
+    config = tmp_path / 'mistral.conf'
+    config.write_text(f'[hotload]\nactions_dir = {tree.root}\n')
+    result = hotload('--config-file', str(config), 'check', '-f', 'json',
+                     backups)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(result.stdout)
+    assert row['Detail'] == 'hotload.cinder.backups.greet'
+
+
+def test_check_of_a_path_outside_root_fails_clearly(tree):
+    backups = _tree_without_init_files(tree)
+    result = hotload('check', '--root', tree.path('cinder'),
+                     tree.path('common.py'), backups)
+    assert result.returncode == 1
+    assert f'common.py: not in --root {tree.path("cinder")}' \
+        in result.stderr
+
+
 def test_check_of_missing_path_fails_clearly(tmp_path):
     result = hotload('check', str(tmp_path / 'nope.py'))
     assert result.returncode == 1
