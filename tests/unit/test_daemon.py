@@ -214,18 +214,23 @@ def test_reload_probes_again_what_no_file_change_announces(tree, daemon,
     daemon.stop()
 
 
-def test_missing_actions_dir_is_a_clear_error(tmp_path):
-    config = tmp_path / 'd.conf'
-    config.write_text(f'[hotload]\nactions_dir = {tmp_path / "nowhere"}\n'
-                      f'state_dir = {tmp_path / "state"}\n')
+def refusal_to_start(config) -> str:
+    """Run the daemon on ``config``; it must exit 1 at once. Its output."""
     result = subprocess.run(
         [sys.executable, '-c', 'from hotload.cmd.daemon import main; '
          'raise SystemExit(main())', '--config-file', str(config)],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     # oslo.log writes to stdout unless use_stderr is set.
+    return result.stdout + result.stderr
+
+
+def test_missing_actions_dir_is_a_clear_error(tmp_path):
+    config = tmp_path / 'd.conf'
+    config.write_text(f'[hotload]\nactions_dir = {tmp_path / "nowhere"}\n'
+                      f'state_dir = {tmp_path / "state"}\n')
     assert f'actions_dir {tmp_path / "nowhere"} is not a directory' in \
-        result.stdout + result.stderr
+        refusal_to_start(config)
 
 
 def test_untrusted_state_dir_is_refused_before_start(tree, tmp_path):
@@ -235,12 +240,7 @@ def test_untrusted_state_dir_is_refused_before_start(tree, tmp_path):
     config = tmp_path / 'd.conf'
     config.write_text(f'[hotload]\nactions_dir = {tree.root}\n'
                       f'state_dir = {state}\n')
-    result = subprocess.run(
-        [sys.executable, '-c', 'from hotload.cmd.daemon import main; '
-         'raise SystemExit(main())', '--config-file', str(config)],
-        capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert f'state_dir {state} is not trusted' in result.stdout
+    assert f'state_dir {state} is not trusted' in refusal_to_start(config)
 
 
 def test_unreadable_manifest_and_bad_control_file_do_not_stop_it(tree,
