@@ -448,6 +448,9 @@ def run(request: dict[str, Any]) -> None:
 
     :param request: What to probe; see :meth:`hotload.probe.Probe.probe`.
     """
+    # Until the stack dump below is set up, a timeout's SIGUSR1 must not
+    # kill the process (it would be reported as a crash).
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # A session of its own: whatever the module starts at import is killed
     # with the probe's process group.
     os.setsid()

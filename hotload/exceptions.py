@@ -23,3 +23,7 @@ class UntrustedRootError(HotloadError):
     Nothing under it can be loaded, so a scan stops instead of reporting
     every file.
     """
+
+
+class UntrustedManifestError(HotloadError):
+    """A manifest someone untrusted could have written; never served."""

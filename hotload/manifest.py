@@ -199,12 +199,13 @@ class Manifest:
                 and self.modules == other.modules
                 and self.disabled == other.disabled)
 
-    def next(self, modules: dict[str, ModuleRecord], package_name: str,
-             action_prefix: str, generation: int,
-             disabled: tuple[str, ...] = ()) -> 'Manifest':
-        """The generation that follows this one."""
+    @classmethod
+    def build(cls, modules: dict[str, ModuleRecord], package_name: str,
+              action_prefix: str, generation: int,
+              disabled: tuple[str, ...] = ()) -> 'Manifest':
+        """A new generation, stamped with the current time."""
         now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        return Manifest(generation=generation, created_at=now,
+        return cls(generation=generation, created_at=now,
                         package_name=package_name,
                         action_prefix=action_prefix, modules=modules,
                         disabled=tuple(sorted(disabled)))

@@ -494,7 +494,7 @@ class HotloadActionProvider(ml_actions.ActionProvider):
                        os.stat(self.states.state_dir))
                    or self._policy.check_ancestors(self.states.state_dir))
         if problem:
-            raise exceptions.UntrustedRootError(
+            raise exceptions.UntrustedManifestError(
                 f'{self.states.current_path} is not trusted: {problem}')
 
     def _ensure_listener(self) -> None:

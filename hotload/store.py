@@ -288,8 +288,9 @@ class ManifestStore:
 
         :returns: the new manifest, or ``previous`` when nothing changed.
         """
-        candidate = previous.next(modules, package_name, action_prefix,
-                                  self.next_generation(), self.disabled())
+        candidate = manifest_mod.Manifest.build(
+            modules, package_name, action_prefix, self.next_generation(),
+            self.disabled())
         if previous.generation and candidate.same_table(previous):
             return previous
         self.publish(candidate)

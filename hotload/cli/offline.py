@@ -108,9 +108,9 @@ def scan_offline(root: str, conf, parsed_args) -> manifest.Manifest:
         scanner = scanner_mod.Scanner(
             root, states.blobs, probe, policy, package_name, prefix,
             options.reserved_prefixes, options.probe_workers)
-        empty = manifest.Manifest.empty(package_name, prefix)
-        result = scanner.scan(empty)
-        return empty.next(result.modules, package_name, prefix, 1)
+        result = scanner.scan(manifest.Manifest.empty(package_name, prefix))
+        return manifest.Manifest.build(result.modules, package_name,
+                                       prefix, 1)
 
 
 class _OfflineCommand:

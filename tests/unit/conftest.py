@@ -81,7 +81,7 @@ def scan(tree, tmp_path):
     states = store.ManifestStore(str(tmp_path / 'state'))
     states.ensure()
     with probe_mod.Probe(tree.root, PACKAGE, states.blobs.root,
-                         timeout=2.0, memory_limit_mb=512) as probe:
+                         timeout=4.0, memory_limit_mb=512) as probe:
         yield Scan(tree, states, probe)
 
 

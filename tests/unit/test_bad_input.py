@@ -36,7 +36,7 @@ CASES = {
         'RuntimeError: boom at import'),
     'import never finishes': (
         'x = 1\nwhile True:\n    x += 1\n', 'timeout', 3,
-        'did not finish within 2 s'),
+        'did not finish within 4 s'),
     'sys.exit at import': (
         'import sys\nsys.exit(3)\n', 'exit', 2, 'sys.exit(3)'),
     'os._exit at import': (

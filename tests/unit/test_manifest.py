@@ -16,7 +16,7 @@ def _sample() -> manifest.Manifest:
                              'Greet.', 4),))
     error = manifest.ModuleError('syntax', 'SyntaxError: bad', 'x.py', 2,
                                  sha256='c' * 64)
-    return manifest.Manifest.empty('pkg', 'hot').next(
+    return manifest.Manifest.build(
         {'x': manifest.ModuleRecord('x', 'x.py', good, error)},
         'pkg', 'hot', 7)
 

@@ -56,7 +56,7 @@ def test_seed_modules_get_the_seed_names(tmp_path):
             'mistral_actions', 'int32bit', ['std.'])
         modules = scanner.scan(manifest.Manifest.empty(
             'mistral_actions', 'int32bit')).modules
-    found = manifest.Manifest.empty('mistral_actions', 'int32bit').next(
+    found = manifest.Manifest.build(
         modules, 'mistral_actions', 'int32bit', 1)
     assert found.errors() == []
     assert {a.name: (a.description, a.input)
