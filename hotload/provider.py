@@ -51,6 +51,8 @@ from hotload import trust
 LOG = logging.getLogger(__name__)
 MOUNT_PREFIX = '_hotload_'
 MAX_ERRORS = 10
+#: Seconds a version looked up stays loaded before anything holds it.
+HOLD_GRACE = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,7 @@ class VersionCache:
         #: table names.
         self._users: collections.Counter[str] = collections.Counter()
         self._wanted: set[str] = set()
+        self._touched: dict[str, float] = {}
         self._lock = threading.Lock()
         self._router = _MountRouter(self._importers)
         sys.meta_path.insert(0, self._router)
@@ -132,6 +135,7 @@ class VersionCache:
                 f'sent with action {ref.name}')
         mount = MOUNT_PREFIX + ref.content_key
         with self._lock:
+            self._touched[mount] = time.monotonic()
             if mount not in self._importers:
                 self._importers[mount] = loader.TreeImporter(
                     ref.package_name, self.root,
@@ -174,10 +178,14 @@ class VersionCache:
 
         Versions still used by an action are dropped when it is released.
         """
+        # A version just looked up may not be held yet (instantiate loads
+        # the class, then wraps the action): leave it a moment.
+        recent = time.monotonic() - HOLD_GRACE
         with self._lock:
             self._wanted = {MOUNT_PREFIX + key for key in content_keys}
             stale = [m for m in self._importers
-                     if m not in self._wanted and not self._users[m]]
+                     if m not in self._wanted and not self._users[m]
+                     and self._touched.get(m, 0) < recent]
         for mount in stale:
             self._forget(mount)
 
@@ -188,6 +196,7 @@ class VersionCache:
     def _forget(self, mount: str) -> None:
         with self._lock:
             importer = self._importers.pop(mount, None)
+            self._touched.pop(mount, None)
         if importer:
             importer.uninstall()
 
