@@ -80,7 +80,6 @@ class Daemon:
         self._alive_limit = (2 * LOOP_INTERVAL + options.probe_timeout
                              * max(1, options.probe_workers))
         self._root_inode = None
-        self.generation = 0
 
     def start(self) -> None:
         """Take the state directory, publish a first full scan, watch."""
@@ -220,7 +219,6 @@ class Daemon:
             current = self.states.commit(
                 previous, result.modules, options.package_name,
                 options.action_prefix, options.keep_generations)
-            self.generation = current.generation
             self._report(previous, current, result)
             self._write_status(current, probed=len(result.probed),
                                seconds=result.duration)

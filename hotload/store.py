@@ -251,20 +251,18 @@ class ManifestStore:
         return sorted(int(name[:-5]) for name in names
                       if name.endswith('.json') and name[:-5].isdigit())
 
-    def next_generation(self) -> int:
+    def next_generation(self, current: int) -> int:
         """The number the next published generation must take.
 
         Takes the generation files into account, not only the current
-        manifest, so a writer killed between writing a generation and
+        generation, so a writer killed between writing a generation and
         pointing ``manifest.json`` at it never reuses its number.
+
+        :param current: The generation being served (0 if none or
+            unreadable).
         """
         numbers = self.generation_numbers()
-        try:
-            current = self.load()
-        except exceptions.ManifestError:
-            current = None  # unreadable: the generation files still count
-        return max(numbers[-1] if numbers else 0,
-                   current.generation if current else 0) + 1
+        return max(numbers[-1] if numbers else 0, current) + 1
 
     def publish(self, manifest: manifest_mod.Manifest) -> None:
         """Make ``manifest`` the current generation, atomically."""
@@ -289,7 +287,8 @@ class ManifestStore:
         :returns: the new manifest, or ``previous`` when nothing changed.
         """
         candidate = manifest_mod.Manifest.build(
-            modules, package_name, action_prefix, self.next_generation(),
+            modules, package_name, action_prefix,
+            self.next_generation(previous.generation),
             self.disabled())
         if previous.generation and candidate.same_table(previous):
             return previous
