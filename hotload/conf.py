@@ -85,6 +85,21 @@ hotload_opts = [
              'before it scans, so that a burst (an editor save, a cp -r) '
              'is one scan.'),
     cfg.IntOpt(
+        'max_depth',
+        default=32,
+        min=1,
+        help='Deepest directory level under actions_dir that is loaded. '
+             'Deeper directories are refused with a report instead of '
+             'walked.'),
+    cfg.FloatOpt(
+        'rescan_interval',
+        default=60.0,
+        min=0.0,
+        help='Seconds between full safety rescans of actions_dir, which '
+             'bound how long a change whose file system event was lost '
+             '(an inotify queue overflow) can go unnoticed. 0 disables '
+             'them.'),
+    cfg.IntOpt(
         'keep_generations',
         default=10,
         min=1,

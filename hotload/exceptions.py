@@ -27,3 +27,22 @@ class UntrustedRootError(HotloadError):
 
 class UntrustedManifestError(HotloadError):
     """A manifest someone untrusted could have written; never served."""
+
+
+class ScanCancelled(HotloadError):
+    """A scan was stopped part-way (the daemon is stopping or reloading).
+
+    Nothing of it is published: the generation being served stays.
+    """
+
+
+class ControlFileError(ManifestError):
+    """A file of ``state_dir/control/`` that the CLI writes is malformed."""
+
+
+class InvalidReferenceError(HotloadError):
+    """A serialized hot action names its version in a form never produced.
+
+    The executor refuses it before touching the blob store: the action
+    fails cleanly instead of reading whatever path the reference spells.
+    """

@@ -5,22 +5,27 @@ and stores it as a blob, then probes only the modules whose content, or the
 content of an in-tree module they import, changed since the previous
 generation. Names are given and collisions refused last, over the whole
 table, so the result does not depend on which file changed first.
+
+The walk itself (trust rules, hashing) is :mod:`hotload.walk`.
 """
 
 import concurrent.futures
 import dataclasses
 import os
+import threading
 import time
+from collections.abc import Callable
+from collections.abc import Iterable
 
 from oslo_log import log as logging
 
 from hotload import exceptions
-from hotload import loader
 from hotload import manifest
 from hotload import naming
 from hotload import probe as probe_mod
 from hotload import store
 from hotload import trust
+from hotload import walk
 
 LOG = logging.getLogger(__name__)
 
@@ -28,29 +33,105 @@ LOG = logging.getLogger(__name__)
 #: names, or the probe machinery failing): a module carrying one is
 #: probed again at the next scan.
 RETRIED_ERRORS = frozenset({'collision', 'reserved', 'probe'})
+#: A module whose files changed while it was being probed.
+UNSTABLE = 'unstable'
 PROGRESS_EVERY = 50
+#: Seconds between looks at the cancellation event while probes run.
+CANCEL_POLL = 0.1
+
+# The walk moved to hotload.walk; these names stay here for callers
+# (doctor, tests) that know them as the scanner's.
+TreeSnapshot = walk.TreeSnapshot
+snapshot_tree = walk.snapshot_tree
 
 
-@dataclasses.dataclass
-class TreeSnapshot:
-    """The accepted and refused modules of the directory at one moment.
+class UnstableFiles:
+    """Modules whose probe changes their files, and how long they wait.
 
-    :param sources: Module name to the content that was hashed (and put in
-        the blob store), including directories without ``__init__.py``.
-    :param refused: Module name (or the path, when it has no valid name) to
-        the reason the file is not accepted.
+    A module that writes to its own file at import changes the tree on
+    every probe: each write is an event, each event a scan, each scan a new
+    generation, until ``keep_generations`` turns over in under a second and
+    blobs that running actions need are collected. A flagged module is not
+    probed again before its backoff expires (``first_backoff``, doubling on
+    every strike up to ``max_backoff``); meanwhile its record stays as
+    published, so its writes publish nothing. A probe that leaves its files
+    alone clears it. The daemon keeps one across scans, and schedules a
+    scan at :meth:`next_due`.
+
+    :param first_backoff: Seconds a module waits after its first strike.
+    :param max_backoff: Longest wait, in seconds.
+    :param clock: Monotonic time in seconds (tests inject their own).
     """
 
-    sources: dict[str, loader.SourceRef]
-    refused: dict[str, manifest.ModuleError]
+    def __init__(self, first_backoff: float = 1.0, max_backoff: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.first_backoff = first_backoff
+        self.max_backoff = max_backoff
+        self.clock = clock
+        # The daemon may ask next_due() from another thread than the scan.
+        self._lock = threading.Lock()
+        #: module -> (strikes in a row, backoff, monotonic time it is due)
+        self._flagged: dict[str, tuple[int, float, float]] = {}
 
-    def sha(self, name: str) -> str | None:
-        ref = self.sources.get(name)
-        return ref.sha256 if ref else None
+    def flag(self, module: str) -> tuple[int, float]:
+        """Count one more probe of ``module`` that changed its files.
 
-    def modules(self) -> list[str]:
-        """Names of the accepted modules that have code."""
-        return sorted(n for n, ref in self.sources.items() if ref.sha256)
+        :param module: Dotted module name.
+        :returns: the strikes in a row, and the seconds it now waits.
+        """
+        with self._lock:
+            strikes, backoff, _due = self._flagged.get(module, (0, 0.0, 0.0))
+            backoff = min(backoff * 2 if strikes else self.first_backoff,
+                          self.max_backoff)
+            self._flagged[module] = (strikes + 1, backoff,
+                                     self.clock() + backoff)
+            return strikes + 1, backoff
+
+    def clear(self, module: str) -> None:
+        """``module`` was probed and its files stayed as they were.
+
+        :param module: Dotted module name.
+        """
+        with self._lock:
+            self._flagged.pop(module, None)
+
+    def strikes(self, module: str) -> tuple[int, float] | None:
+        """(strikes in a row, backoff) of a flagged module, else None.
+
+        :param module: Dotted module name.
+        """
+        with self._lock:
+            flagged = self._flagged.get(module)
+        return flagged[:2] if flagged else None
+
+    def is_held(self, module: str) -> bool:
+        """True while ``module`` waits for its backoff to expire.
+
+        :param module: Dotted module name.
+        """
+        with self._lock:
+            flagged = self._flagged.get(module)
+        return flagged is not None and self.clock() < flagged[2]
+
+    def retain(self, modules: Iterable[str]) -> None:
+        """Forget the modules that are no longer in the tree.
+
+        :param modules: The modules of the tree.
+        """
+        keep = set(modules)
+        with self._lock:
+            for module in [m for m in self._flagged if m not in keep]:
+                del self._flagged[module]
+
+    def next_due(self) -> float | None:
+        """Monotonic time the earliest flagged module may be probed again.
+
+        None when no module is flagged. A scan at that time probes it
+        even if nothing else changed, and so clears or re-flags it.
+        """
+        with self._lock:
+            return min((due for _s, _b, due in self._flagged.values()),
+                       default=None)
 
 
 @dataclasses.dataclass
@@ -67,147 +148,6 @@ class ScanResult:
     duration: float
 
 
-def _module_name(relpath: str) -> str | None:
-    parts = relpath[:-len('.py')].split(os.sep)
-    if parts[-1] == '__init__':
-        parts.pop()
-    if not parts or not all(trust.is_identifier(p) for p in parts):
-        return None
-    return '.'.join(parts)
-
-
-def _holds_modules(directory: str) -> bool:
-    """True when a ``.py`` file that would be loaded lies under it."""
-    return any(not trust.is_ignored_name(name)
-               for _dir, _dirs, files in os.walk(directory) for name in files)
-
-
-def _refusal(path: str, message: str) -> manifest.ModuleError:
-    return manifest.ModuleError(kind='refused', message=message, path=path)
-
-
-def snapshot_tree(root: str, policy: trust.TrustPolicy,
-                  blobs: store.BlobStore) -> TreeSnapshot:
-    """Walk ``root``, check every module and store the accepted ones.
-
-    :param root: The actions directory.
-    :param policy: The trust rules.
-    :param blobs: Where accepted contents are stored.
-    :raises UntrustedRootError: when ``root`` itself fails the rules.
-    """
-    root = os.path.realpath(root)
-    try:
-        root_stat = os.stat(root)
-    except OSError as exc:
-        raise exceptions.UntrustedRootError(
-            f'actions directory {root}: {exc.strerror}') from None
-    problem = (policy.check_ancestors(root)
-               or policy.check_dir(root, root_stat))
-    if problem:
-        raise exceptions.UntrustedRootError(
-            f'actions directory {root} is not trusted: {problem}')
-    sources: dict[str, loader.SourceRef] = {}
-    refused: dict[str, manifest.ModuleError] = {}
-    init_dirs: set[str] = set()
-    dir_problems: dict[str, str | None] = {root: None}
-
-    for dirpath, dirnames, filenames in os.walk(root):
-        inherited = dir_problems[dirpath]
-        for name in list(dirnames):
-            path = os.path.join(dirpath, name)
-            relpath = os.path.relpath(path, root)
-            dirnames.remove(name)
-            if trust.is_ignored_dir(name):
-                continue
-            if os.path.islink(path):
-                target = os.path.realpath(path)
-                if not target.startswith(root + os.sep):
-                    refused[relpath] = _refusal(
-                        relpath, f'symlink to {target} leads outside the '
-                        f'actions directory')
-                continue
-            if not trust.is_identifier(name):
-                if _holds_modules(path):
-                    refused[relpath] = _refusal(
-                        relpath, 'not a valid Python package name: the '
-                        'modules under it cannot be imported')
-                continue
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue  # removed while we walk; the next scan sees it
-            dirnames.append(name)
-            dir_problems[path] = inherited or policy.check_dir(relpath, st)
-        for name in sorted(filenames):
-            if trust.is_ignored_name(name):
-                continue
-            path = os.path.join(dirpath, name)
-            relpath = os.path.relpath(path, root)
-            module = _module_name(relpath)
-            if module is None:
-                refused[relpath] = _refusal(relpath, (
-                    'the actions directory is mounted as a namespace '
-                    'package: its own __init__.py is not loaded; move the '
-                    'code to a module') if relpath == '__init__.py'
-                    else 'not a valid Python module name')
-                continue
-            if name == '__init__.py':
-                init_dirs.add(module)
-                shadowed = sources.pop(module, None) or \
-                    refused.pop(module, None)
-                if shadowed:
-                    # As in Python, the package wins over foo.py.
-                    refused[shadowed.path] = _refusal(
-                        shadowed.path, f'shadowed by the package '
-                        f'{relpath}: a module and a package cannot share '
-                        f'a name')
-            problem = inherited
-            data = None
-            if not problem:
-                problem, data = _read_checked(root, path, policy)
-            if problem:
-                refused[module] = _refusal(relpath, problem)
-                continue
-            sources[module] = loader.SourceRef(
-                relpath, blobs.put(data), name == '__init__.py')
-
-    for module in list(sources):
-        parts = module.split('.')
-        for depth in range(1, len(parts)):
-            package = '.'.join(parts[:depth])
-            if package not in sources and package not in init_dirs:
-                sources[package] = loader.SourceRef(
-                    package.replace('.', os.sep), None, True)
-    return TreeSnapshot(sources, refused)
-
-
-def _read_checked(root: str, path: str,
-                  policy: trust.TrustPolicy) -> tuple[str | None, bytes]:
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if os.path.islink(path):
-        target = os.path.realpath(path)
-        if not target.startswith(root + os.sep):
-            return (f'symlink to {target} leads outside the actions '
-                    f'directory'), b''
-    else:
-        flags |= os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        return f'cannot open: {exc.strerror}', b''
-    # Checks on the open descriptor, so the file cannot be swapped between
-    # the check and the read.
-    with os.fdopen(fd, 'rb') as stream:
-        problem = policy.check_file(os.fstat(fd))
-        if problem:
-            return problem, b''
-        data = stream.read(policy.max_file_size + 1)
-    if len(data) > policy.max_file_size:
-        return (f'file grew past max_file_size ({policy.max_file_size} '
-                f'bytes) while being read'), b''
-    return None, data
-
-
 class Scanner:
     """Turns the actions directory into the records of a generation.
 
@@ -219,12 +159,28 @@ class Scanner:
     :param action_prefix: Prefix of the action names.
     :param reserved_prefixes: Name prefixes no hot action may take.
     :param workers: Modules probed at the same time.
+    :param max_depth: Deepest directory level walked (``[hotload]
+        max_depth``).
+    :param on_progress: Called after each directory listed, file hashed
+        and probe completed (the daemon's watchdog records the time); must
+        be cheap.
+    :param cancelled: When set, the walk and the probing stop: probes not
+        started are dropped, probes in flight are not waited for (the
+        daemon ends them with ``Probe.cancel()``), and :meth:`scan` raises
+        :class:`~hotload.exceptions.ScanCancelled`.
+    :param unstable: The modules held back for changing their files while
+        probed; the daemon keeps one across scans. Without it, a new one
+        per scanner.
     """
 
     def __init__(self, root: str, blobs: store.BlobStore,
                  probe: probe_mod.Probe, policy: trust.TrustPolicy,
                  package_name: str, action_prefix: str,
-                 reserved_prefixes: list[str], workers: int = 1) -> None:
+                 reserved_prefixes: list[str], workers: int = 1, *,
+                 max_depth: int = 32,
+                 on_progress: Callable[[], None] | None = None,
+                 cancelled: threading.Event | None = None,
+                 unstable: UnstableFiles | None = None) -> None:
         self.root = os.path.realpath(root)
         self.blobs = blobs
         self.probe = probe
@@ -233,6 +189,10 @@ class Scanner:
         self.action_prefix = action_prefix
         self.reserved_prefixes = list(reserved_prefixes)
         self.workers = workers
+        self.max_depth = max_depth
+        self.on_progress = on_progress or (lambda: None)
+        self.cancelled = cancelled
+        self.unstable = unstable if unstable is not None else UnstableFiles()
 
     def scan(self, previous: manifest.Manifest,
              probe_all: bool = False) -> ScanResult:
@@ -241,18 +201,28 @@ class Scanner:
         :param previous: The generation being served.
         :param probe_all: Probe every module, changed or not (an operator's
             ``mistral-hotload reload``, e.g. after installing a library a
-            module imports).
+            module imports), even those held back by ``unstable``.
         :raises UntrustedRootError: when the directory itself is refused;
             the caller keeps serving ``previous``.
+        :raises ScanCancelled: when ``cancelled`` was set.
         """
         started = time.monotonic()
-        snapshot = snapshot_tree(self.root, self.policy, self.blobs)
+        snapshot = walk.snapshot_tree(
+            self.root, self.policy, self.blobs, max_depth=self.max_depth,
+            on_progress=self.on_progress, cancelled=self.cancelled)
         if previous.package_name != self.package_name:
             previous = manifest.Manifest.empty(self.package_name,
                                                self.action_prefix)
+        self._check_cancelled()
+        self.unstable.retain(snapshot.modules())
+        # A held module is not probed, whatever changed: its writes are
+        # what changed. One whose backoff expired is probed even if
+        # nothing changed, to clear it or flag it again.
         stale = [name for name in snapshot.modules()
-                 if probe_all or self._needs_probe(
-                     previous.modules.get(name), snapshot, name)]
+                 if probe_all or (
+                     not self.unstable.is_held(name) and (
+                         self.unstable.strikes(name) or self._needs_probe(
+                             previous.modules.get(name), snapshot, name)))]
         results = self._probe_all(stale, snapshot)
         modules = self._records(previous, snapshot, results)
         modules = self._assign_names(previous, modules)
@@ -284,27 +254,97 @@ class Scanner:
         results: dict[str, probe_mod.ProbeResult] = {}
         if not names:
             return results
-        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-            futures = {pool.submit(self.probe.probe, name, snapshot.sources):
-                       name for name in names}
-            for done, future in enumerate(
-                    concurrent.futures.as_completed(futures), 1):
-                name = futures[future]
-                try:
-                    results[name] = future.result()
-                except Exception as exc:
-                    # The probe machinery itself failed (no memory to
-                    # fork, say): that module waits for the next scan,
-                    # the others go on.
-                    LOG.exception('Probing %s failed', name)
-                    results[name] = probe_mod.ProbeResult(
-                        name, (), {}, manifest.ModuleError(
-                            kind='probe', path=snapshot.sources[name].path,
-                            message=f'the probe itself failed: {exc!r}'))
-                if len(names) >= PROGRESS_EVERY and (
-                        done % PROGRESS_EVERY == 0 or done == len(names)):
-                    LOG.info('Probed %d/%d modules', done, len(names))
+        pool = concurrent.futures.ThreadPoolExecutor(self.workers)
+        finished = False
+        try:
+            futures = {pool.submit(self._probe_one, name, snapshot): name
+                       for name in names}
+            pending = set(futures)
+            while pending:
+                done, pending = concurrent.futures.wait(
+                    pending, CANCEL_POLL if self.cancelled else None,
+                    concurrent.futures.FIRST_COMPLETED)
+                self._check_cancelled()
+                for future in done:
+                    name = futures[future]
+                    results[name] = self._outcome(name, future, snapshot)
+                    self.on_progress()
+                    count = len(results)
+                    if len(names) >= PROGRESS_EVERY and (
+                            count % PROGRESS_EVERY == 0
+                            or count == len(names)):
+                        LOG.info('Probed %d/%d modules', count, len(names))
+            finished = True
+        finally:
+            # A cancelled scan returns at once: probes not started are
+            # dropped, and those in flight are not waited for (the
+            # daemon's Probe.cancel(), or probe_timeout, ends them).
+            pool.shutdown(wait=finished, cancel_futures=True)
         return results
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise exceptions.ScanCancelled('scan cancelled')
+
+    def _probe_one(self, name: str, snapshot: TreeSnapshot
+                   ) -> tuple[probe_mod.ProbeResult, str | None]:
+        """Probe ``name``; also the file its probe changed, if any."""
+        self._check_cancelled()
+        # A file that changed before the probe began was changed by
+        # someone else (an editor, another module's probe): only what
+        # changes during the probe is held against the module.
+        before = self._changed_file(snapshot, [name])
+        result = self.probe.probe(name, snapshot.sources)
+        if before:
+            return result, None
+        return result, self._changed_file(snapshot, [name, *result.imports])
+
+    def _changed_file(self, snapshot: TreeSnapshot,
+                      names: list[str]) -> str | None:
+        for name in names:
+            ref = snapshot.sources.get(name)
+            identity = snapshot.identities.get(name)
+            if ref and ref.sha256 and identity and walk.content_changed(
+                    self.root, ref, identity, self.policy.max_file_size):
+                return ref.path
+        return None
+
+    def _outcome(self, name: str, future: concurrent.futures.Future,
+                 snapshot: TreeSnapshot) -> probe_mod.ProbeResult:
+        try:
+            result, changed = future.result()
+        except exceptions.ScanCancelled:
+            raise  # not the module's fault: nothing of this scan is kept
+        except Exception as exc:
+            # The probe machinery itself failed (no memory to fork, say):
+            # that module waits for the next scan, the others go on.
+            LOG.exception('Probing %s failed', name)
+            return probe_mod.ProbeResult(
+                name, (), {}, manifest.ModuleError(
+                    kind='probe', path=snapshot.sources[name].path,
+                    message=f'the probe itself failed: {exc!r}'))
+        if changed is None:
+            self.unstable.clear(name)
+            return result
+        # Serving what was probed would publish a generation per write;
+        # the module keeps its last good version instead.
+        error = self._unstable_error(name, snapshot.sources[name].path,
+                                     changed, *self.unstable.flag(name))
+        error = dataclasses.replace(error, sha256=snapshot.sha(name),
+                                    imports=result.imports)
+        return dataclasses.replace(result, exports=(), error=error)
+
+    @staticmethod
+    def _unstable_error(name: str, path: str, changed: str, strikes: int,
+                        backoff: float) -> manifest.ModuleError:
+        times = 'once' if strikes == 1 else f'{strikes} times in a row'
+        who = 'the module' if changed == path else \
+            'the module, or a module it imports,'
+        return manifest.ModuleError(
+            kind=UNSTABLE, path=changed,
+            message=f'{changed} changed while the probe imported {name}, '
+                    f'{times}: does {who} write to its own file at import? '
+                    f'Probed again at most every {backoff:g} s')
 
     def _version(self, name: str, sha: str,
                  result: probe_mod.ProbeResult) -> manifest.ModuleVersion:
@@ -345,6 +385,13 @@ class Scanner:
             if result is None:
                 error = old.error if old and old.error and \
                     old.error.kind != 'refused' else None
+                held = self.unstable.strikes(name)
+                if held and error is None:
+                    # Held back, but its report was never published (the
+                    # generation that had it failed to commit): the same
+                    # report on every scan, so its writes publish nothing.
+                    error = self._unstable_error(name, ref.path, ref.path,
+                                                 *held)
                 records[name] = manifest.ModuleRecord(
                     name, ref.path, last_good, error)
             elif result.error:

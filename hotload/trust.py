@@ -4,7 +4,8 @@ Loading a file runs its code inside Mistral, so a file is only accepted
 when nobody but a trusted owner could have written it: the file, every
 directory from the actions directory down to it, and the directories above
 the actions directory (unless sticky, like /tmp) must be owned by a trusted
-user and not writable by group or others.
+user and not writable by group or others. A symlink's target is held to
+the same rules (the directories checked are those down to the target).
 """
 
 import os
