@@ -24,10 +24,19 @@ from typing import Any
 from mistral_lib import actions as ml_actions
 from mistral_lib.utils import inspect_utils
 
+from hotload import _probe_effects
 from hotload import loader
 
 TRACEBACK_LIMIT = 4000
 PARENT_MAIN_ENV = 'HOTLOAD_PROBE_PARENT_MAIN'
+#: True in the forkserver (and so in the probes forked from it).
+IN_FORKSERVER = False
+#: The process that imports the module; set by run().
+_worker_pid = None
+# Bound now: the module may replace json.dumps or builtins.open at import
+# (that is reported), and the report must still get out.
+_dumps = json.dumps
+_open = io.open
 
 
 def _prepare_forkserver() -> None:
@@ -39,9 +48,11 @@ def _prepare_forkserver() -> None:
     oslo.service's master sends to its whole process group on reload: a
     probe killed by it would be reported as a crash of its module.
     """
+    global IN_FORKSERVER
     info = os.environ.pop(PARENT_MAIN_ENV, None)
     if info is None:
         return  # imported by the daemon itself, not by the forkserver
+    IN_FORKSERVER = True
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     info = json.loads(info)
     main = sys.modules.get('__main__')
@@ -178,6 +189,33 @@ def _input_spec(cls: type) -> str:
     return inspect_utils.get_arg_list_as_str(cls.__init__)
 
 
+def _non_json_default(cls: type) -> str | None:
+    """Why a default of ``cls.__init__`` cannot be action input, or None.
+
+    The spec string drops such a default, Mistral then rejects the
+    parameter, and the executor cannot serialize the action.
+    """
+    if cls.__init__ is object.__init__:
+        return None
+    try:
+        parameters = inspect.signature(cls.__init__).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    for parameter in parameters:
+        if parameter.default is parameter.empty:
+            continue
+        try:
+            _dumps(parameter.default)
+        except Exception:  # noqa: BLE001 - whatever it is, it is not JSON
+            try:
+                shown = repr(parameter.default)[:80]
+            except Exception:  # noqa: BLE001 - a broken __repr__
+                shown = type(parameter.default).__name__
+            return (f'default of parameter {parameter.name!r} ({shown}) is '
+                    'not JSON; Mistral passes action input as JSON')
+    return None
+
+
 def _abstract_methods(cls: type) -> list[str]:
     return sorted(name for name in dir(cls)
                   if getattr(getattr(cls, name, None),
@@ -225,6 +263,10 @@ def _exports(module, module_path: str, tree: ast.Module):
             return None, _error(
                 'export', f'class {name}: cannot read the parameters of '
                 f'__init__: {exc}', module_path, line)
+        problem = _non_json_default(obj)
+        if problem:
+            return None, _error('export', f'class {name}: {problem}',
+                                module_path, line)
         exports.append({'class_name': name, 'declared_name': declared,
                         'input': spec, 'description': _description(obj),
                         'line': line or 0})
@@ -370,7 +412,7 @@ def _probe(request: dict[str, Any]) -> dict[str, Any]:
     blob_dir = request['blob_dir']
 
     def read_source(sha: str) -> bytes:
-        with open(os.path.join(blob_dir, sha[:2], sha), 'rb') as stream:
+        with _open(os.path.join(blob_dir, sha[:2], sha), 'rb') as stream:
             return stream.read()
 
     source = read_source(ref.sha256)
@@ -386,31 +428,69 @@ def _probe(request: dict[str, Any]) -> dict[str, Any]:
     importer = loader.TreeImporter(package_name, root, sources, read_source)
     importer.install()
     fullname = f'{package_name}.{module}'
+    recorder = _probe_effects.StartRecorder(root)
+    recorder.install()
     real_exit = os._exit
     os._exit = _raise_exit_at_import
+    # A process the module forks is not the probe: os._exit must exit it.
+    os.register_at_fork(after_in_child=lambda: setattr(os, '_exit',
+                                                       real_exit))
+    # After the probe's own changes (the importer, the wrappers), so that
+    # only the module's show.
+    snapshot = _probe_effects.Snapshot(package_name)
     try:
         imported = importlib.import_module(fullname)
+        changes = snapshot.changes()
     except BaseException as exc:  # noqa: BLE001 - any failure is the report
         os._exit = real_exit
         imports, _ = _tree_facts(importer, package_name)
         return {'error': _describe_exception(
-            root, exc, request['memory_limit'], ref.path), 'imports': imports}
+            root, exc, request['memory_limit'], ref.path), 'imports': imports,
+            'started': recorder.processes}
     finally:
         os._exit = real_exit
+        recorder.uninstall()
     imports, edges = _tree_facts(importer, package_name)
     imports.pop(module, None)
+    facts = {'imports': imports, 'started': recorder.processes}
+    if changes:
+        trees = [(ref.path, tree)] + _trees(importer, imports)
+        path, line = _probe_effects.locate(changes, trees)
+        return {**facts, 'error': _error(
+            'side-effect', _probe_effects.describe(changes),
+            path or ref.path, line)}
+    threads = recorder.running_threads()
+    if threads:
+        thread, (path, line, _) = threads[0]
+        return {**facts, 'error': _error(
+            'thread', _probe_effects.describe_thread(thread),
+            path or ref.path, line)}
     cycle = _find_cycle(module, edges)
     if cycle:
-        return {'error': _cycle_error(cycle, sources, module),
-                'imports': imports}
+        return {**facts, 'error': _cycle_error(cycle, sources, module)}
     exports, error = _exports(imported, ref.path, tree)
-    return {'error': error, 'exports': exports, 'imports': imports}
+    return {**facts, 'error': error, 'exports': exports}
+
+
+def _trees(importer: loader.TreeImporter, imports: dict[str, str | None]
+           ) -> list[tuple[str, ast.Module]]:
+    """(path, syntax tree) of the in-tree modules the import loaded."""
+    trees = []
+    for name, sha in imports.items():
+        if not sha or name not in importer.requested:
+            continue
+        with contextlib.suppress(SyntaxError, ValueError, OSError):
+            trees.append((importer.sources[name].path,
+                          ast.parse(importer.read_source(sha))))
+    return trees
 
 
 def _write_result(path: str, result: dict[str, Any]) -> None:
     # JSON, not pickle: the parent must never run anything this process
     # (which runs user code) could have crafted.
-    data = json.dumps(result).encode()
+    if os.getpid() != _worker_pid:
+        return  # a process the module forked, come back up the stack
+    data = _dumps(result).encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
@@ -439,7 +519,8 @@ def _own_static_imports(request: dict[str, Any]) -> dict[str, str | None]:
 
 
 def run(request: dict[str, Any]) -> None:
-    """Entry point of a probe child process.
+    """Entry point of a probe's worker process (forked by its guard,
+    hotload._probe_guard, which kills whatever this one leaves behind).
 
     Writes the result as JSON to ``request['result_path']``: first the
     module's own in-tree imports (so that if the import hangs or kills the
@@ -448,12 +529,11 @@ def run(request: dict[str, Any]) -> None:
 
     :param request: What to probe; see :meth:`hotload.probe.Probe.probe`.
     """
+    global _worker_pid
     # Until the stack dump below is set up, a timeout's SIGUSR1 must not
     # kill the process (it would be reported as a crash).
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    # A session of its own: whatever the module starts at import is killed
-    # with the probe's process group.
-    os.setsid()
+    _worker_pid = os.getpid()
     limit = request['memory_limit']
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

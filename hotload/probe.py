@@ -10,6 +10,10 @@ daemon threads, no watchdog, no messaging) that preloads the probe and
 mistral-lib once, then forks a fresh child for every module in a few
 milliseconds. Each child is still a separate process that exits after one
 module, so nothing one module does at import leaks into another's probe.
+
+That child is a guard (hotload._probe_guard) which forks the process that
+imports the module and answers for every process below it: the timeout,
+the cleanup, and :meth:`Probe.cancel`.
 """
 
 import contextlib
@@ -23,14 +27,22 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 
 from hotload import _probe_child
+from hotload import _probe_guard
+from hotload import exceptions
 from hotload import loader
 from hotload import manifest
 
 #: Seconds the child gets to write its stack after SIGUSR1 on timeout.
 STACK_DUMP_GRACE = 0.5
+#: Seconds past its own deadline after which a guard that did not exit is
+#: killed by the daemon (it runs no module code, so this is a last resort).
+GUARD_MARGIN = 5.0
+#: Seconds a guard gets after cancel() before the daemon kills it.
+CANCEL_GRACE = 1.0
 OUTPUT_LIMIT = 4000
 #: Largest output file a probe may write (RLIMIT_FSIZE).
 OUTPUT_FILE_LIMIT = 16 * 1024 * 1024
@@ -58,7 +70,7 @@ def _forkserver_context():
                 'name': getattr(getattr(main, '__spec__', None), 'name',
                                 None)})
             _context = multiprocessing.get_context('forkserver')
-            _context.set_forkserver_preload(['hotload._probe_child'])
+            _context.set_forkserver_preload(['hotload._probe_guard'])
         return _context
 
 
@@ -104,6 +116,8 @@ class ProbeResult:
 class Probe:
     """Imports modules of one actions directory in child processes.
 
+    Thread-safe: a scan probes several modules at once from a thread pool.
+
     :param root: Absolute path of the actions directory.
     :param package_name: Import name the directory is mounted as.
     :param blob_dir: Blob store directory the sources are read from.
@@ -119,8 +133,33 @@ class Probe:
         self.timeout = timeout
         self.memory_limit = memory_limit_mb * 1024 * 1024
         self._tmp = tempfile.mkdtemp(prefix='hotload-probe-')
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._cancelled_at: float | None = None
+        self._active = 0  # probe() calls under way
+        self._guards: dict[int, _Guard] = {}
+
+    def cancel(self) -> None:
+        """Kill every probe in flight, with whatever its module started.
+
+        Probes in flight and every later :meth:`probe` raise
+        :class:`~hotload.exceptions.ScanCancelled`. Does not wait: each
+        probe's own thread waits for its processes to go.
+        """
+        with self._lock:
+            if self._cancelled_at is None:
+                self._cancelled_at = time.monotonic()
+            guards = list(self._guards.values())
+        for guard in guards:
+            guard.signal(signal.SIGTERM)
 
     def close(self) -> None:
+        """Cancel, wait for the probes in flight, remove the temporary
+        directory."""
+        self.cancel()
+        with self._idle:
+            self._idle.wait_for(lambda: not self._active,
+                                CANCEL_GRACE + GUARD_MARGIN)
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> 'Probe':
@@ -137,11 +176,30 @@ class Probe:
             ``sources`` with a sha256.
         :param sources: The whole snapshot of the tree, so in-tree imports
             see the same content the scanner hashed.
+        :raises ScanCancelled: when :meth:`cancel` was called.
         """
+        with self._lock:
+            self._check_cancelled()
+            self._active += 1
+        try:
+            return self._probe(module, sources)
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled_at is not None:
+            raise exceptions.ScanCancelled('the probe was cancelled')
+
+    def _probe(self, module: str,
+               sources: Mapping[str, loader.SourceRef]) -> ProbeResult:
         context = _forkserver_context()
         fd, output_path = tempfile.mkstemp(dir=self._tmp, suffix='.out')
         os.close(fd)
-        result_path = output_path[:-len('.out')] + '.json'
+        base = output_path[:-len('.out')]
+        result_path = base + '.json'
+        guard_path = base + '.guard'
         request = {
             'root': self.root,
             'package_name': self.package_name,
@@ -153,36 +211,66 @@ class Probe:
             'output_path': output_path,
             'output_file_limit': OUTPUT_FILE_LIMIT,
             'result_path': result_path,
+            'timeout': self.timeout,
+            'stack_dump_grace': STACK_DUMP_GRACE,
+            'guard_path': guard_path,
         }
-        process = context.Process(target=_probe_child.run, args=(request,),
+        process = context.Process(target=_probe_guard.run, args=(request,),
                                   name=f'hotload-probe:{module}', daemon=True)
         try:
             process.start()
-            # The child's exit is the signal its result is complete.
-            process.join(self.timeout)
-            timed_out = process.is_alive()
-            if timed_out:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGUSR1)
-                process.join(STACK_DUMP_GRACE)
-            # Its session: whatever the module started goes with it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.join()
+            guard = _Guard(process)
+            with self._lock:
+                self._guards[process.pid] = guard
+                cancelled = self._cancelled_at is not None
+            if cancelled:
+                guard.signal(signal.SIGTERM)
+            self._wait(guard)
+            with self._lock:
+                del self._guards[process.pid]
+                self._check_cancelled()
             output = _tail(output_path, OUTPUT_LIMIT)
             result = _read_result(result_path)
+            report = _read_result(guard_path)
         finally:
-            for path in (output_path, result_path):
+            with self._lock:
+                self._guards.pop(getattr(process, 'pid', None), None)
+            for path in (output_path, result_path, guard_path):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        return self._result(module, sources, result, timed_out,
+        return self._result(module, sources, result, report,
                             process.exitcode, output)
 
+    def _wait(self, guard: '_Guard') -> None:
+        """Until the guard exits; kill it if it outlives its deadlines.
+
+        The guard enforces the timeout itself; the daemon only steps in
+        when the guard does not answer (cancelled, or long past the
+        timeout).
+        """
+        limit = (time.monotonic() + self.timeout + STACK_DUMP_GRACE
+                 + GUARD_MARGIN)
+        process = guard.process
+        while process.exitcode is None:
+            cancelled_at = self._cancelled_at
+            now = time.monotonic()
+            if now > limit or (cancelled_at is not None
+                               and now > cancelled_at + CANCEL_GRACE):
+                guard.kill()
+                process.join()
+                return
+            process.join(0.1)
+
     def _result(self, module: str, sources: Mapping[str, loader.SourceRef],
-                result: dict | None, timed_out: bool, exitcode: int | None,
-                output: str) -> ProbeResult:
+                result: dict | None, report: dict | None,
+                guard_exitcode: int | None, output: str) -> ProbeResult:
         path = sources[module].path
         imports = _imports_of(result)
+        timed_out = bool(report and report.get('timed_out'))
+        if report is None:
+            exitcode = guard_exitcode
+        else:
+            exitcode = report.get('worker_exitcode')
         if result is None or result.get('partial') or timed_out:
             error = (self._timeout_error(path, output) if timed_out
                      else self._death_error(path, exitcode, output))
@@ -202,6 +290,9 @@ class Probe:
                                if e['declared_name'] is not None else None),
                 input=str(e['input']), description=str(e['description']),
                 line=int(e['line'])) for e in result.get('exports') or ())
+            if error is None and report and report.get('leftover'):
+                error = self._process_error(path, report['leftover'],
+                                            result.get('started') or ())
         except (KeyError, TypeError, ValueError) as exc:
             error = manifest.ModuleError(
                 kind='crash', path=path,
@@ -220,6 +311,35 @@ class Probe:
             if absolute.startswith(self.root + os.sep):
                 return os.path.relpath(absolute, self.root), int(match['line'])
         return None, None
+
+    def _process_error(self, path: str, leftover: list[dict],
+                       started: list) -> manifest.ModuleError:
+        """Processes the import left running (the guard killed them)."""
+        # A process is found under its own PID, or, when it double-forked
+        # or started a session, under the session or group it belongs to,
+        # which the recorded start created.
+        lines = {int(pid): (where, line) for pid, where, line, _ in started}
+        where, line = None, None
+        for process in leftover:
+            for key in ('pid', 'sid', 'pgid'):
+                if int(process[key]) in lines:
+                    where, line = lines[int(process[key])]
+                    break
+            if line:
+                break
+        else:
+            # Not found (a library started it): the first start recorded.
+            where, line = next(((w, ln) for _, w, ln, _ in started if ln),
+                               (None, None))
+        shown = ', '.join(f"{p['pid']} ({p['name']})" for p in leftover[:5])
+        noun = 'process' if len(leftover) == 1 else 'processes'
+        return manifest.ModuleError(
+            kind='process',
+            message=f'starts {noun} at import still running when the import '
+                    f'ends: {shown}; the probe killed them. The module is '
+                    "imported inside Mistral's API, engine and executor "
+                    'processes: start processes in run() and wait for them',
+            path=where or path, line=line)
 
     def _timeout_error(self, path: str, output: str) -> manifest.ModuleError:
         where, line = self._location_in_stack(output)
@@ -245,6 +365,46 @@ class Probe:
             kind='crash',
             message=f'the probe process {cause} while importing the module',
             path=path, traceback=output[-OUTPUT_LIMIT:])
+
+
+class _Guard:
+    """A guard process, signalled through a pidfd where there is one, so
+    a signal never reaches another process that took over a reused PID.
+
+    :param process: The started guard.
+    """
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self.process = process
+        self._pidfd = None
+        with contextlib.suppress(AttributeError, OSError):
+            self._pidfd = os.pidfd_open(process.pid)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the guard if it still runs.
+
+        :param signum: The signal.
+        """
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            elif self.process.exitcode is None:
+                os.kill(self.process.pid, signum)
+
+    def kill(self) -> None:
+        """Kill the guard and its process group (its session's leader).
+
+        The guard's own cleanup does not run then; its subreaper role
+        goes with it, so setsid'd descendants may escape. Only for a
+        guard that stopped answering.
+        """
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.signal(signal.SIGKILL)
+
+    def __del__(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
 
 
 def _tail(path: str, limit: int) -> str:
