@@ -124,7 +124,8 @@ class TreeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         ref = self.sources[self.relative_name(module.__name__)]
         if ref.sha256 is None:
             return
-        code = compile(self.read_source(ref.sha256), module.__spec__.origin,
+        code = compile(self.read_source(ref.sha256),
+                       self.code_filename(module.__spec__.origin, ref),
                        'exec', dont_inherit=True)
         if self._builtins is not None:
             # Functions take their builtins from the module's globals, so
@@ -134,12 +135,37 @@ class TreeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         # it sources that passed the trust rules.
         exec(code, module.__dict__)  # noqa: S102
 
+    def code_filename(self, origin: str, ref: SourceRef) -> str:
+        """The file name a module's code (and its tracebacks) carries.
+
+        ``linecache`` keeps one source per file name, and reads a file
+        that exists from disk, whatever version of it the code came
+        from. So each version mounted beside others gets a name of its
+        own that is no file, ``<path> [sha256:<first 12 hex digits>]``,
+        and its lines come from this loader (:meth:`get_source`): a
+        traceback shows the version that ran. Modules under
+        ``package_name`` itself (the probe child) keep the real path,
+        which is how the probe finds the file and line of an error.
+
+        :param origin: The module's file under the actions directory.
+        :param ref: The module's source.
+        """
+        if self.mount_name == self.package_name:
+            return origin
+        return f'{origin} [sha256:{ref.sha256[:12]}]'
+
     def get_source(self, fullname: str) -> str | None:
         """Source for tracebacks (linecache asks loaders for it)."""
         ref = self.sources.get(self.relative_name(fullname) or '')
         if ref is None or ref.sha256 is None:
             return None
-        return self.read_source(ref.sha256).decode('utf-8', 'replace')
+        try:
+            data = self.read_source(ref.sha256)
+        # Formatting a traceback must not fail because a blob was pruned
+        # since: the traceback just shows no source line.
+        except Exception:  # noqa: BLE001
+            return None
+        return data.decode('utf-8', 'replace')
 
 
 def version_sources(module: str, sha256: str,

@@ -3,11 +3,27 @@
 Registered in the entry point group ``mistral.action.providers`` as
 ``hotload``. It serves the action table of the newest manifest generation:
 
-* ``find()`` and ``find_all()`` answer from an in-memory table. Before
-  answering they compare one ``stat`` of ``manifest.json`` with the one the
-  table was built from (no read), so a generation the daemon published is
-  seen by the next call on the node even when no signal arrived. A new
-  table is swapped in by one reference assignment; readers take no lock.
+* ``find()`` and ``find_all()`` answer from an in-memory table and never
+  wait for a reload: one thread builds the next table while lookups keep
+  answering from the current one, and a new table is swapped in by one
+  reference assignment (readers never take the reload lock; only a lookup
+  that starts a refresh takes a momentary one). Before answering, a
+  lookup compares one ``stat`` of ``manifest.json`` with the last one
+  examined (no read); when it changed and no signal arrived, the lookup
+  starts a refresh in the background (one at a time) rather than paying
+  for it. The trade-off: for a moment after a publish, a lookup may get
+  the previous version of an action, or one just removed, as it would had
+  it come a little earlier. Only ``find()`` of a name the current table
+  lacks waits for a pending refresh, at most :data:`FIND_WAIT` seconds,
+  so a file just dropped is found by the first workflow that uses it even
+  without a signal; a name that stays unknown costs that wait only while
+  a refresh is under way.
+* The table only moves forward: a ``manifest.json`` that is missing (the
+  file or the state directory was removed), untrusted, unreadable or of a
+  lower generation than the one served (a stale or foreign state
+  directory) is reported once per version of the file, in the log and in
+  ``describe()['errors']``, and the current table keeps serving until the
+  daemon publishes a usable generation.
 * Descriptors need no user code: names, descriptions and parameters come
   from the manifest, so the API process never imports an action module.
 * ``instantiate()`` (in the engine) loads the class of exactly the version
@@ -17,14 +33,18 @@ Registered in the entry point group ``mistral.action.providers`` as
   (checking every hash), whatever generation its own table is at. If the
   content cannot be had, the action fails with an error naming the action,
   the key and the host; another version is never run instead.
-* Module versions are cached by content key: an unchanged module is loaded
-  once per process; versions the table no longer names are dropped from
-  the cache (actions in flight keep their classes alive until they end).
+* Module versions are cached by content key (:mod:`hotload.versions`):
+  an unchanged module is loaded once per process; versions the table no
+  longer names are dropped from the cache once no action holds them and
+  they were not used for a while.
+* A serialized action is checked field by field before anything is read:
+  a reference that is malformed, names a non-hex hash or an unknown key
+  fails the action cleanly, like missing content.
 """
 
-import collections
 import dataclasses
-import importlib
+import datetime
+import functools
 import inspect
 import os
 import socket
@@ -42,177 +62,17 @@ from oslo_log import log as logging
 
 from hotload import conf as hotload_conf
 from hotload import exceptions
-from hotload import loader
 from hotload import manifest as manifest_mod
 from hotload import signals
 from hotload import store
 from hotload import trust
+from hotload import versions
+from hotload.versions import ActionRef
+from hotload.versions import VersionCache
 
 LOG = logging.getLogger(__name__)
-MOUNT_PREFIX = '_hotload_'
-MAX_ERRORS = 10
-#: Seconds a version looked up stays loaded before anything holds it.
-HOLD_GRACE = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ActionRef:
-    """Everything an executor needs to run exactly the chosen version.
-
-    :param name: The action's name.
-    :param module: Module name inside the package.
-    :param class_name: Class name in the module.
-    :param sha256: Hash of the module's source.
-    :param imports: In-tree imports and their hashes, as in the manifest.
-    :param packages: Which of those are packages.
-    :param content_key: Key of module plus imports.
-    :param package_name: Import name the tree was validated under.
-    """
-
-    name: str
-    module: str
-    class_name: str
-    sha256: str
-    imports: dict[str, str | None]
-    packages: tuple[str, ...]
-    content_key: str
-    package_name: str
-
-    @classmethod
-    def of(cls, action: manifest_mod.ActionSpec,
-           record: manifest_mod.ModuleRecord,
-           package_name: str) -> 'ActionRef':
-        good = record.good
-        return cls(action.name, record.name, action.class_name, good.sha256,
-                   dict(good.imports), tuple(good.packages), good.content_key,
-                   package_name)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data['packages'] = list(self.packages)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> 'ActionRef':
-        return cls(**dict(data, packages=tuple(data['packages'])))
-
-
-class VersionCache:
-    """Action classes loaded by content key, each version under its mount.
-
-    :param blobs: The blob store sources are read from (hash-checked).
-    :param root: The actions directory, for file names in tracebacks.
-    """
-
-    def __init__(self, blobs: store.BlobStore, root: str) -> None:
-        self.blobs = blobs
-        self.root = root
-        self._importers: dict[str, loader.TreeImporter] = {}
-        #: Live actions per mount (see hold()), and the mounts the current
-        #: table names.
-        self._users: collections.Counter[str] = collections.Counter()
-        self._wanted: set[str] = set()
-        self._touched: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._router = _MountRouter(self._importers)
-        sys.meta_path.insert(0, self._router)
-        #: Recent failures to load a manifest or an action's version.
-        self.errors: collections.deque[str] = collections.deque(
-            maxlen=MAX_ERRORS)
-
-    def action_class(self, ref: ActionRef) -> type:
-        """The class ``ref`` names, loading its version if needed.
-
-        :raises BlobError: when the content is missing or does not match
-            its hashes.
-        """
-        if manifest_mod.content_key(ref.module, ref.sha256,
-                                    ref.imports) != \
-                ref.content_key:
-            self.errors.append(f'{ref.name}: content key mismatch')
-            raise exceptions.BlobError(
-                f'content key {ref.content_key} does not match the hashes '
-                f'sent with action {ref.name}')
-        mount = MOUNT_PREFIX + ref.content_key
-        with self._lock:
-            self._touched[mount] = time.monotonic()
-            if mount not in self._importers:
-                self._importers[mount] = loader.TreeImporter(
-                    ref.package_name, self.root,
-                    loader.version_sources(ref.module, ref.sha256,
-                                           ref.imports, ref.packages),
-                    self.blobs.get, mount_name=mount)
-        try:
-            module = importlib.import_module(f'{mount}.{ref.module}')
-            return getattr(module, ref.class_name)
-        except BaseException as exc:
-            self._forget(mount)
-            self.errors.append(f'{ref.name} [content_key='
-                               f'{ref.content_key}]: {type(exc).__name__}: '
-                               f'{exc}')
-            raise
-
-    def hold(self, action: 'HotloadAction') -> None:
-        """Keep ``action``'s version loaded for as long as it exists.
-
-        An action in flight may import in-tree modules of its own version
-        at run time; its version stays mounted until it is garbage.
-        """
-        mount = MOUNT_PREFIX + action.ref.content_key
-        with self._lock:
-            self._users[mount] += 1
-        weakref.finalize(action, self._release, mount)
-
-    def _release(self, mount: str) -> None:
-        with self._lock:
-            self._users[mount] -= 1
-            idle = self._users[mount] <= 0
-            if idle:
-                del self._users[mount]
-            stale = idle and mount not in self._wanted
-        if stale:
-            self._forget(mount)
-
-    def retain(self, content_keys: set[str]) -> None:
-        """Drop loaded versions not in ``content_keys`` that nothing uses.
-
-        Versions still used by an action are dropped when it is released.
-        """
-        # A version just looked up may not be held yet (instantiate loads
-        # the class, then wraps the action): leave it a moment.
-        recent = time.monotonic() - HOLD_GRACE
-        with self._lock:
-            self._wanted = {MOUNT_PREFIX + key for key in content_keys}
-            stale = [m for m in self._importers
-                     if m not in self._wanted and not self._users[m]
-                     and self._touched.get(m, 0) < recent]
-        for mount in stale:
-            self._forget(mount)
-
-    def loaded(self) -> set[str]:
-        """Content keys with a loaded version."""
-        return {m[len(MOUNT_PREFIX):] for m in self._importers}
-
-    def _forget(self, mount: str) -> None:
-        with self._lock:
-            importer = self._importers.pop(mount, None)
-            self._touched.pop(mount, None)
-        if importer:
-            importer.uninstall()
-
-
-class _MountRouter:
-    """One meta path entry for every mounted version (O(1) per import)."""
-
-    def __init__(self, importers: dict[str, loader.TreeImporter]) -> None:
-        self._importers = importers
-
-    def find_spec(self, fullname, path=None, target=None):
-        if not fullname.startswith(MOUNT_PREFIX):
-            return None
-        importer = self._importers.get(fullname.partition('.')[0])
-        return importer.find_spec(fullname, path, target) if importer \
-            else None
+#: Seconds find() of a name the table lacks waits for a refresh under way.
+FIND_WAIT = 2.0
 
 
 class HotloadAction(ml_actions.Action):
@@ -252,23 +112,29 @@ class UnavailableAction(ml_actions.Action):
 
     Running it fails the action with the reason; nothing else is run.
 
-    :param ref: The version that was asked for.
+    :param name: The action's name; None when the reference sent is too
+        broken to tell.
     :param reason: Why it cannot be loaded.
+    :param content_key: The version that was asked for; None when the
+        reference sent is invalid.
     """
 
-    def __init__(self, ref: ActionRef, reason: str) -> None:
+    def __init__(self, name: str | None, reason: str,
+                 content_key: str | None = None) -> None:
         super().__init__()
-        self.ref = ref
+        self.name = name
         self.reason = reason
+        self.content_key = content_key
 
     def run(self, context):
+        what = (f'content {self.content_key} is not available'
+                if self.content_key else 'the reference sent is invalid')
         return ml_actions.Result(error=(
-            f'hot action {self.ref.name} cannot run on host '
-            f'{socket.gethostname()}: content {self.ref.content_key} is not '
-            f'available ({self.reason})'))
+            f'hot action {self.name or "(name unknown)"} cannot run on host '
+            f'{socket.gethostname()}: {what} ({self.reason})'))
 
     def __repr__(self) -> str:
-        return f'unavailable hot action {self.ref.name}'
+        return f'unavailable hot action {self.name or "(name unknown)"}'
 
 
 def _takes_argument(function) -> bool:
@@ -286,28 +152,63 @@ class HotloadActionSerializer(serialization.DictBasedSerializer):
     def serialize_to_dict(self, entity: HotloadAction) -> dict[str, Any]:
         return {'ref': entity.ref.to_dict(), 'data': vars(entity.action)}
 
-    def deserialize_from_dict(self, entity_dict: dict[str, Any]):
-        ref = ActionRef.from_dict(entity_dict['ref'])
+    def deserialize_from_dict(self, entity_dict: Any):
+        try:
+            ref, data = self._checked(entity_dict)
+        except exceptions.InvalidReferenceError as exc:
+            name = _sent_name(entity_dict)
+            LOG.error('Refusing serialized hot action %s: %s',
+                      name or '(name unknown)', exc)
+            return UnavailableAction(name, str(exc))
         cache = _CACHE
         if cache is None:
-            return UnavailableAction(ref, 'the hotload provider is not '
-                                          'loaded in this process')
+            return UnavailableAction(ref.name, 'the hotload provider is not '
+                                     'loaded in this process',
+                                     ref.content_key)
         try:
             cls = cache.action_class(ref)
+            # As mistral-lib's own ActionSerializer: the engine ran
+            # __init__, the executor restores the state it produced.
+            action = cls.__new__(cls)
+            for key, value in data.items():
+                setattr(action, key, value)
         except exceptions.BlobError as exc:
             LOG.error('Cannot load hot action %s: %s', ref.name, exc)
-            return UnavailableAction(ref, str(exc))
+            return UnavailableAction(ref.name, str(exc), ref.content_key)
         except BaseException as exc:  # reported to the engine
             LOG.exception('Cannot load hot action %s', ref.name)
-            return UnavailableAction(ref, f'{type(exc).__name__}: {exc}')
-        # As mistral-lib's own ActionSerializer: the engine ran __init__,
-        # the executor restores the state it produced.
-        action = cls.__new__(cls)
-        for key, value in entity_dict['data'].items():
-            setattr(action, key, value)
+            return UnavailableAction(ref.name, f'{type(exc).__name__}: {exc}',
+                                     ref.content_key)
         wrapped = HotloadAction(action, ref)
         cache.hold(wrapped)
         return wrapped
+
+    @staticmethod
+    def _checked(entity_dict: Any) -> tuple[ActionRef, dict[str, Any]]:
+        """The reference and state :meth:`serialize_to_dict` produced.
+
+        :raises InvalidReferenceError: for anything it cannot produce.
+        """
+        if not isinstance(entity_dict, dict) or \
+                set(entity_dict) != {'ref', 'data'}:
+            raise exceptions.InvalidReferenceError(
+                'the serialized action is not an object with exactly the '
+                'keys "ref" and "data"')
+        data = entity_dict['data']
+        if not isinstance(data, dict) or \
+                not all(isinstance(key, str) for key in data):
+            raise exceptions.InvalidReferenceError(
+                'the action\'s state is not an object')
+        return ActionRef.from_dict(entity_dict['ref']), data
+
+
+def _sent_name(entity_dict: Any) -> str | None:
+    """The action name an invalid serialized action carries, if any."""
+    ref = entity_dict.get('ref') if isinstance(entity_dict, dict) else None
+    name = ref.get('name') if isinstance(ref, dict) else None
+    if isinstance(name, str) and name.isprintable():
+        return name[:versions.MAX_NAME]
+    return None
 
 
 def _register_serializer() -> None:
@@ -371,6 +272,24 @@ def _key(st: os.stat_result | None) -> tuple | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_uid, st.st_mode)
 
 
+#: A stat key no manifest.json has: the first refresh always looks.
+_NEVER: tuple = ()
+
+
+def _after_fork(provider_ref: weakref.ref) -> None:
+    """Reset a provider's thread state in a forked child.
+
+    A server may fork after creating its provider: the child has none of
+    the parent's threads, so a lock one of them held, or a background
+    refresh it ran, would never end there.
+    """
+    provider = provider_ref()
+    if provider is not None:
+        provider._reload_lock = threading.Lock()
+        provider._background_lock = threading.Lock()
+        provider._background = None
+
+
 def _service_name() -> str:
     """api, engine, executor... from ``mistral-server --server NAME``."""
     argv = sys.argv
@@ -402,8 +321,16 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         self.cache = VersionCache(self.states.blobs, options.actions_dir)
         _CACHE = self.cache
         self._table = _Table(None, None, {})
-        self._refused_key: tuple | None = None
+        #: Stat key of the last manifest.json examined, whether served,
+        #: refused or missing: lookups start a refresh when it changes.
+        self._seen_key: tuple | None = _NEVER
+        # Taken by whoever builds the next table; never by a lookup.
         self._reload_lock = threading.Lock()
+        #: Set when the background refresh under way, if any, ends.
+        self._background: threading.Event | None = None
+        self._background_lock = threading.Lock()
+        os.register_at_fork(after_in_child=functools.partial(
+            _after_fork, weakref.ref(self)))
         self._policy = trust.TrustPolicy(options.trusted_owners,
                                          options.max_file_size)
         self._listener: signals.Listener | None = None
@@ -427,55 +354,108 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         return manifest.generation if manifest else 0
 
     def find(self, action_name, namespace=None):
-        return self._current().descriptors.get(action_name)
+        table, pending = self._current()
+        descriptor = table.descriptors.get(action_name)
+        if descriptor is None and pending is not None:
+            # Perhaps a file just dropped, and this the first workflow to
+            # use it: worth a short wait (see the module docstring).
+            pending.wait(FIND_WAIT)
+            descriptor = self._table.descriptors.get(action_name)
+        return descriptor
 
     def find_all(self, namespace=None, limit=None, sort_fields=None,
                  sort_dirs=None, filters=None):
         # Mistral filters, sorts and pages the result itself.
-        return list(self._current().descriptors.values())
+        return list(self._current()[0].descriptors.values())
 
-    def _current(self) -> _Table:
+    def _current(self) -> tuple[_Table, threading.Event | None]:
+        """The table to answer from, and the refresh under way, if any."""
         self._ensure_listener()
-        table = self._table
-        key = _key(self._stat())
-        if key != table.stat_key and key != self._refused_key:
-            self.refresh()
-            table = self._table
-        return table
+        if _key(self._stat()) == self._seen_key:
+            return self._table, None
+        return self._table, self._refresh_in_background()
 
     def _stat(self) -> os.stat_result | None:
         try:
             return os.stat(self.states.current_path)
-        except FileNotFoundError:
+        except OSError:  # refresh() tells why
             return None
+
+    def _refresh_in_background(self) -> threading.Event:
+        """Start a refresh unless one is under way; set when it ends."""
+        with self._background_lock:
+            if self._background is not None:
+                return self._background
+            done = self._background = threading.Event()
+        try:
+            threading.Thread(target=self._refresh_then_set, args=(done,),
+                             daemon=True, name='hotload-refresh').start()
+        except RuntimeError:  # no thread to be had: the next lookup retries
+            LOG.exception('Cannot start a hot action refresh')
+            self._refresh_then_set(done, run=False)
+        return done
+
+    def _refresh_then_set(self, done: threading.Event,
+                          run: bool = True) -> None:
+        try:
+            if run:
+                self.refresh()
+        except Exception:  # the next change of the manifest retries
+            LOG.exception('Cannot refresh hot actions from %s',
+                          self.states.state_dir)
+        finally:
+            with self._background_lock:
+                self._background = None
+            done.set()
 
     def refresh(self) -> bool:
         """Load the newest generation if it changed; True if swapped.
 
-        A manifest that cannot be used is refused once per version of the
-        file (logged, listed in ``status``) and the table being served
-        stays; lookups do not read it again until it changes.
+        Called by the signal listener, by a background thread a lookup
+        started, or directly. A manifest that cannot be used (missing,
+        untrusted, unreadable, or of a lower generation than the one
+        served) is refused once per version of the file: logged, listed
+        in ``describe()['errors']``, and the table being served stays;
+        lookups do not read it again until it changes.
         """
         with self._reload_lock:
-            st = self._stat()
+            path = self.states.current_path
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                st, missing = None, str(exc)
             key = _key(st)
-            if key == self._table.stat_key or key == self._refused_key:
+            if key == self._seen_key:
                 return False
             try:
+                current = None
                 if st is not None:
                     self._check_trusted(st)
-                current = self.states.load()
+                    current = self.states.load()
+                if current is None:
+                    self._seen_key = key
+                    # Someone removed the file or the state directory:
+                    # nothing to serve instead, and emptying the table
+                    # would fail every hot action until the next publish.
+                    if self._table.manifest is not None:
+                        self._refuse(
+                            f'{missing if st is None else path + " vanished"}'
+                            f'; serving on until the daemon publishes a '
+                            f'generation')
+                    return False
+                if current.generation < self.generation and \
+                        not self._is_reset(current):
+                    raise exceptions.ManifestError(
+                        f'{path}: generation '
+                        f'{current.generation} is older than the generation '
+                        f'{self.generation} being served: a stale or foreign '
+                        f'state directory')
             # A provider must never break Mistral's lookups, whatever is on
             # disk: anything here is reported, and the old table serves.
             except Exception as exc:  # noqa: BLE001
-                self._refused_key = key
-                LOG.error('Keeping hot action generation %d: %s',
-                          self.generation, exc)
-                self.cache.errors.append(str(exc))
+                self._seen_key = key
+                self._refuse(str(exc))
                 return False
-            if current is None:
-                self._table = _Table(key, None, {})
-                return True
             descriptors = {}
             for action, record in current.actions():
                 ref = ActionRef.of(action, record, current.package_name)
@@ -483,11 +463,43 @@ class HotloadActionProvider(ml_actions.ActionProvider):
                     ref, action, self.cache)
             self.cache.retain({d.ref.content_key
                                for d in descriptors.values()})
+            # Table first: a lookup that sees the new key must find the
+            # table built from it.
             self._table = _Table(key, current, descriptors,
                                  time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+            self._seen_key = key
         LOG.info('Serving hot action generation %d (%d actions)',
                  current.generation, len(descriptors))
         return True
+
+    def _is_reset(self, candidate: manifest_mod.Manifest) -> bool:
+        """True when a lower generation was built after the served one.
+
+        A running daemon keeps numbers increasing even when its state
+        directory is removed; one that starts on an empty state directory
+        (an operator reset it while the daemon was stopped) begins at 1
+        again. Such a generation is newer than the one served, and
+        refusing it would leave this process on the old table until the
+        numbers caught up. An old copy put back (a backup restored) is
+        older, and stays refused.
+        """
+        served = self._table.manifest
+        try:
+            newer = (datetime.datetime.fromisoformat(candidate.created_at)
+                     > datetime.datetime.fromisoformat(served.created_at))
+        except (AttributeError, TypeError, ValueError):
+            return False
+        if newer:
+            LOG.warning('Hot action generation %d was built after the '
+                        'generation %d served: the state directory was '
+                        'reset; taking it', candidate.generation,
+                        served.generation)
+        return newer
+
+    def _refuse(self, problem: str) -> None:
+        LOG.error('Keeping hot action generation %d: %s', self.generation,
+                  problem)
+        self.cache.errors.append(problem)
 
     def _check_trusted(self, st: os.stat_result) -> None:
         """Refuse a manifest someone untrusted could have written.

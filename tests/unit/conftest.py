@@ -5,9 +5,12 @@ import os
 import textwrap
 
 import pytest
+from oslo_config import cfg
 
+from hotload import conf as hotload_conf
 from hotload import manifest
 from hotload import probe as probe_mod
+from hotload import provider as provider_mod
 from hotload import scanner as scanner_mod
 from hotload import store
 from hotload import trust
@@ -83,6 +86,18 @@ def scan(tree, tmp_path):
     with probe_mod.Probe(tree.root, PACKAGE, states.blobs.root,
                          timeout=4.0, memory_limit_mb=512) as probe:
         yield Scan(tree, states, probe)
+
+
+@pytest.fixture
+def provider(tree, scan):
+    """A provider over the ``scan`` fixture's state directory, as Mistral
+    builds one."""
+    conf = cfg.ConfigOpts()
+    hotload_conf.register_opts(conf)
+    conf([], default_config_files=[])
+    conf.set_override('state_dir', scan.states.state_dir, 'hotload')
+    conf.set_override('actions_dir', tree.root, 'hotload')
+    return provider_mod.HotloadActionProvider('hotload', conf=conf)
 
 
 def served(found: manifest.Manifest) -> dict[str, str]:

@@ -12,25 +12,14 @@ import pytest
 from mistral_lib import actions as ml_actions
 from mistral_lib import serialization
 from mistral_lib.actions import context as ml_context
-from oslo_config import cfg
 
-from hotload import conf as hotload_conf
-from hotload import provider as provider_mod
+from hotload import versions
+from tests.polling import wait_for
 from tests.unit.conftest import GREET
 
 SLOW = GREET.replace('"hello "', 'VERSION + " "').replace(
     'from mistral_lib import actions',
     'from mistral_lib import actions\n\nVERSION = "v1"')
-
-
-@pytest.fixture
-def provider(tree, scan):
-    conf = cfg.ConfigOpts()
-    hotload_conf.register_opts(conf)
-    conf([], default_config_files=[])
-    conf.set_override('state_dir', scan.states.state_dir, 'hotload')
-    conf.set_override('actions_dir', tree.root, 'hotload')
-    return provider_mod.HotloadActionProvider('hotload', conf=conf)
 
 
 def run(action):
@@ -53,7 +42,10 @@ def test_find_sees_each_new_generation_without_a_signal(tree, scan,
     assert [d.name for d in provider.find_all()] == ['hot.greet.greet']
     tree.remove('greet.py')
     scan()
-    assert provider.find('hot.greet.greet') is None
+    # A name the table still has is answered at once while the new table
+    # is built in the background; it goes a moment later.
+    wait_for(lambda: provider.find('hot.greet.greet') is None,
+             'the removed action to go')
     assert provider.find_all() == []
 
 
@@ -66,6 +58,7 @@ def test_instantiated_action_runs_and_travels_with_its_version(
     assert run(action) == 'v1 ann!'
     tree.write('greet.py', SLOW.replace('"v1"', '"v2"'))
     scan()
+    provider.refresh()  # as the daemon's signal does
     # The engine chose v1; the executor runs v1 even though v2 is current.
     assert run(roundtrip(action)) == 'v1 ann!'
     newer = provider.find('hot.greet.greet').instantiate({'who': 'bob'}, {})
@@ -73,19 +66,23 @@ def test_instantiated_action_runs_and_travels_with_its_version(
     assert newer.ref.content_key != action.ref.content_key
 
 
-def test_missing_content_fails_the_action_clearly(tree, scan, provider):
+def test_missing_content_fails_the_action_clearly(tree, scan, provider,
+                                                  monkeypatch):
     tree.write('greet.py', SLOW)
     scan()
     action = provider.find('hot.greet.greet').instantiate({'who': 'x'}, {})
     data = serialization.get_polymorphic_serializer().serialize(action)
     ref = action.ref
-    # The version is no longer in memory (a newer one is served and the
-    # action is gone) and the blob store lost it.
+    # The version is no longer in memory (a newer one is served, the
+    # action is gone and its grace passed) and the blob store lost it.
     tree.write('greet.py', SLOW.replace('"v1"', '"v2"'))
     scan()
-    provider.find('hot.greet.greet')
+    provider.refresh()
     del action
     gc.collect()
+    monkeypatch.setattr(versions, 'HOLD_GRACE', 0.0)
+    provider.cache.sweep()
+    assert ref.content_key not in provider.cache.loaded()
     os.unlink(scan.states.blobs.path(ref.sha256))
     restored = serialization.get_polymorphic_serializer().deserialize(data)
     result = run(restored)
@@ -106,6 +103,7 @@ def test_in_tree_imports_are_exact_per_version(tree, scan, provider):
     first = provider.find('hot.pkg.use.greet').instantiate({'who': 'a'}, {})
     tree.write('common.py', 'WORD = "two"\n')
     scan()
+    provider.refresh()
     second = provider.find('hot.pkg.use.greet').instantiate({'who': 'a'}, {})
     assert run(first) == 'oneone a!'
     assert run(second) == 'twotwo a!'
@@ -150,6 +148,7 @@ def test_untrusted_or_broken_manifest_keeps_the_table(tree, scan, provider):
     os.chmod(path, 0o666)  # someone else could have written it
     for _ in range(3):
         assert provider.find('hot.greet.greet') is not None
+    wait_for(lambda: provider.cache.errors, 'the refusal')
     assert loads == []  # refused from its stat, never read
     assert 'manifest.json is not trusted' in provider.cache.errors[-1]
     os.chmod(path, 0o644)
@@ -160,12 +159,15 @@ def test_untrusted_or_broken_manifest_keeps_the_table(tree, scan, provider):
                      '"modules": {"x": 1}}')
     for _ in range(3):
         assert provider.find('hot.greet.greet') is not None
+    wait_for(lambda: len(provider.cache.errors) == 2, 'the second refusal')
+    for _ in range(3):
+        assert provider.find('hot.greet.greet') is not None
     assert len(loads) == 1  # read once, refused until it changes
     assert 'malformed manifest' in provider.cache.errors[-1]
 
 
-def test_version_in_use_stays_loaded_until_its_action_is_gone(tree, scan,
-                                                              provider):
+def test_version_in_use_stays_loaded_until_its_action_is_gone(
+        tree, scan, provider, monkeypatch):
     tree.write('helper.py', 'WORD = "old"\n')
     tree.write('late.py', GREET.replace(
         'def run(self, context):',
@@ -177,10 +179,14 @@ def test_version_in_use_stays_loaded_until_its_action_is_gone(tree, scan,
     for word in ('new', 'newer'):  # two generations later...
         tree.write('helper.py', f'WORD = "{word}"\n')
         scan()
-        provider.find('hot.late.greet')
+        provider.refresh()
     # ...the action in flight still imports its own helper at run time.
     assert key in provider.cache.loaded()
     assert run(action) == 'old'
     del action
     gc.collect()
+    provider.cache.sweep()
+    assert key in provider.cache.loaded()  # used a moment ago
+    monkeypatch.setattr(versions, 'HOLD_GRACE', 0.0)  # ...a while ago
+    provider.cache.sweep()
     assert key not in provider.cache.loaded()
