@@ -9,23 +9,28 @@ on the node notice new generations by themselves.
 
 A bad file, a refused directory or a broker outage is logged and reported
 in the status file; the daemon keeps running and serving the last good
-table.
+table. What can go wrong under it is checked at every turn of its loop:
+events lost in an inotify queue overflow (a full rescan), a dead watcher
+thread or a replaced actions directory (a new worker process), a state
+directory removed under it (its lock taken again, the table republished
+above every generation it published). Liveness, for systemd's watchdog,
+is progress: a loop turn, a file hashed, a probe finished.
 """
 
 import contextlib
-import json
+import dataclasses
+import errno
 import os
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from oslo_config import cfg
 from oslo_log import log as logging
-from oslo_service.backend import base as service_base
 
-from hotload import conf as hotload_conf
 from hotload import exceptions
 from hotload import manifest as manifest_mod
 from hotload import notify
@@ -38,11 +43,20 @@ from hotload import watcher
 
 LOG = logging.getLogger(__name__)
 LOCK_TIMEOUT = 30.0
-#: Seconds between checks of the actions directory when nothing happens.
+#: Seconds between checks of the directories when nothing happens.
 LOOP_INTERVAL = 5.0
 #: Backoff after a failed scan, seconds.
 RETRY_MIN = 1.0
 RETRY_MAX = 60.0
+#: Slack on top of the longest expected silence before the daemon is
+#: called stuck (file system hiccups, a slow fork).
+PROGRESS_MARGIN = 5.0
+#: Python 3.11's os.walk (which watchdog uses to add watches) recurses
+#: once per directory level. PATH_MAX stops any walk at about 2,050
+#: levels, so this many frames cover every tree the kernel lets it walk;
+#: the scanner itself refuses trees deeper than ``max_depth``.
+RECURSION_LIMIT = 10_000
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _now() -> str:
@@ -54,37 +68,68 @@ class Daemon:
 
     :param conf: Configuration with ``[hotload]`` registered and, for
         signals, the messaging transport.
+    :param restart: Called with a reason when the worker process must be
+        replaced (its watches are lost, its state directory was taken by
+        another writer); by default the process sends itself SIGTERM and
+        oslo.service starts a new worker.
     """
 
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
+    def __init__(self, conf: cfg.ConfigOpts,
+                 restart: Callable[[str], None] | None = None) -> None:
         self.conf = conf
         options = conf.hotload
         self.root = os.path.realpath(options.actions_dir)
         self.states = store.ManifestStore(options.state_dir)
-        # What start() took (lock, probe, publisher, watcher), given back
-        # in reverse by stop().
+        self._restart_hook = restart or _terminate_this_process
+        # What start() took (lock, probe, publisher), given back in
+        # reverse by stop().
         self._resources = contextlib.ExitStack()
+        self._lock: store.WriterLock | None = None
         self._probe = None
-        self._watcher = None
+        self._watcher: watcher.TreeWatcher | None = None
         self._publisher = None
         self._changed = threading.Event()
         self._stopping = threading.Event()
+        #: Set by stop(): the scan in progress gives up, publishing nothing.
+        self._cancelled = threading.Event()
         self._scan_lock = threading.Lock()
         self._worker = None
         self._status = {}
         self._rescan_seen = 0.0
-        self._notifier = notify.Notifier(healthy=self.healthy)
-        self._alive_at = time.monotonic()
-        # The loop wakes every LOOP_INTERVAL; a scan may add a probe
-        # timeout per module being probed at once.
-        self._alive_limit = (2 * LOOP_INTERVAL + options.probe_timeout
-                             * max(1, options.probe_workers))
         self._root_inode = None
+        #: The generation being served, as this (single) writer knows it:
+        #: the state directory may lose its files, this does not.
+        self._current: manifest_mod.Manifest | None = None
+        #: Highest generation number ever seen here; the next is above it.
+        self._floor = 0
+        self._published_inode: int | None = None
+        self._restore = False
+        self._last_reason_published = False
+        self._events_lost = False
+        self._last_scan = time.monotonic()
+        self._dead_threads: list[str] = []
+        self._previous_excepthook = None
+        self._control_error: str | None = None
+        self._unstable = scanner_mod.UnstableFiles()
+        # Liveness is progress: a loop turn, a file hashed, a probe ended.
+        # The longest silence of a healthy daemon is a loop interval or
+        # one probe that runs into its timeout (probes run in parallel, so
+        # their number does not add up).
+        self._alive_at = time.monotonic()
+        self._alive_limit = (LOOP_INTERVAL + options.probe_timeout
+                             + probe_mod.STACK_DUMP_GRACE + PROGRESS_MARGIN)
+        self._steps = 0
+        self._notifier = notify.Notifier(
+            healthy=self.healthy, progress=self._progress_text,
+            start_extension=2 * self._alive_limit)
 
     def start(self) -> None:
         """Take the state directory, publish a first full scan, watch."""
         options = self.conf.hotload
-        self._resources.enter_context(
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
+        self._hear_thread_deaths()
+        self._notifier.starting()
+        self._lock = self._resources.enter_context(
             self.states.writer_lock(timeout=LOCK_TIMEOUT))
         self._probe = self._resources.enter_context(probe_mod.Probe(
             self.root, options.package_name, self.states.blobs.root,
@@ -100,80 +145,222 @@ class Daemon:
                         'started_at': _now(), 'actions_dir': self.root}
         # Watch before the first scan, so nothing that changes during it
         # is missed.
-        self._watcher = watcher.TreeWatcher(
-            self.root, self._on_changes, options.debounce_interval,
-            control_dir=self.states.control_dir)
-        self._watcher.start()
-        self._resources.callback(self._watcher.stop)
+        self._start_watcher()
         self._root_inode = os.stat(self.root).st_ino
         self._rescan_seen = self.states.rescan_requested()
-        current = self.rescan()
+        self._current = self._stored_generation()
+        self._floor = max([self._current.generation,
+                           *self.states.generation_numbers()])
+        try:
+            current = self.rescan()
+        except exceptions.ScanCancelled:
+            LOG.info('Stopped during the first scan; nothing published')
+            return
         self._notifier.ready(self._summary(current))
         self._worker = threading.Thread(target=self._work,
                                         name='hotload-scanner', daemon=True)
         self._worker.start()
 
     def stop(self) -> None:
-        """Stop watching; a scan in progress finishes its generation."""
+        """Stop within seconds: probes in flight are killed, the scan in
+        progress publishes nothing, a generation being written is finished.
+        """
         self._notifier.stopping()
         self._stopping.set()
+        self._cancelled.set()
         self._changed.set()
+        if self._probe is not None:
+            self._probe.cancel()
         if self._worker:
             self._worker.join()
         with self._scan_lock:
+            if self._watcher:
+                self._watcher.stop()
             self._resources.close()
+        if self._previous_excepthook is not None:
+            threading.excepthook = self._previous_excepthook
+
+    def _start_watcher(self) -> None:
+        if self._watcher:
+            self._watcher.stop()
+        self._watcher = watcher.TreeWatcher(
+            self.root, self._on_changes, self.conf.hotload.debounce_interval,
+            control_dir=self.states.control_dir,
+            state_dir=self.states.state_dir, on_overflow=self._on_overflow)
+        self._watcher.start()
+
+    def _hear_thread_deaths(self) -> None:
+        """Log a thread's death through oslo.log and wake the loop.
+
+        By default a thread that dies prints to stderr only; a dead
+        watchdog thread would leave the daemon deaf without a word.
+        """
+        previous = threading.excepthook
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            name = args.thread.name if args.thread else '?'
+            LOG.error('Thread %s died', name, exc_info=(
+                args.exc_type, args.exc_value, args.exc_traceback))
+            self._dead_threads.append(
+                f'{name}: {args.exc_type.__name__}: {args.exc_value}')
+            self._changed.set()
+
+        self._previous_excepthook = previous
+        threading.excepthook = hook
 
     def _on_changes(self, changes) -> None:
         LOG.debug('%d file system events', len(changes))
         self._changed.set()
 
+    def _on_overflow(self) -> None:
+        self._events_lost = True
+        self._changed.set()
+
+    def _progress(self) -> None:
+        self._alive_at = time.monotonic()
+        self._steps += 1
+
+    def _progress_text(self) -> str:
+        return f'scanning: {self._steps} files hashed or probed so far'
+
+    def _wait_time(self) -> float:
+        deadlines = [LOOP_INTERVAL]
+        interval = self.conf.hotload.rescan_interval
+        if interval:
+            deadlines.append(self._last_scan + interval - time.monotonic())
+        due = self._unstable.next_due()
+        if due is not None:
+            deadlines.append(due - time.monotonic())
+        return max(min(deadlines), 0.0)
+
     def _work(self) -> None:
         retry = RETRY_MIN
         while True:
-            self._alive_at = time.monotonic()
-            if not self._changed.wait(LOOP_INTERVAL):
-                self._check_root()
-                continue
+            self._progress()
+            woken = self._changed.wait(self._wait_time())
             if self._stopping.is_set():
                 return
             self._changed.clear()
+            if not self._checks_pass():
+                return
+            reason = self._scan_reason(woken)
+            if reason is None:
+                continue
             requested = self.states.rescan_requested()
             full = requested != self._rescan_seen
             self._rescan_seen = requested
             try:
                 current = self.rescan(probe_all=full)
+            except exceptions.ScanCancelled:
+                return
             except Exception as exc:
                 # Nothing may end this loop but stop(): a full disk or a
                 # file vanishing mid-walk is retried, and said, not fatal.
                 LOG.exception('Scan failed; still serving the last '
                               'generation, retrying in %.0f s', retry)
+                if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+                    self._relieve_disk()
                 self._write_status(error=f'scan failed: {exc}')
                 self._changed.set()
                 self._stopping.wait(retry)
                 retry = min(retry * 2, RETRY_MAX)
                 continue
             retry = RETRY_MIN
+            if reason == 'safety' and current is not None and \
+                    self._last_reason_published:
+                LOG.warning('The periodic rescan found changes no file '
+                            'system event announced')
             self._notifier.status(self._summary(current))
 
-    def _check_root(self) -> None:
-        """Restart the worker if the actions directory was replaced.
+    def _scan_reason(self, woken: bool) -> str | None:
+        """Why the loop should scan now, or None."""
+        if self._events_lost:
+            self._events_lost = False
+            LOG.warning('File system events were lost (inotify queue '
+                        'overflow); rescanning the whole actions directory')
+            return 'events lost'
+        if self._restore:
+            return 'state'
+        if woken:
+            return 'change'
+        interval = self.conf.hotload.rescan_interval
+        if interval and time.monotonic() - self._last_scan >= interval:
+            return 'safety'
+        due = self._unstable.next_due()
+        if due is not None and due <= time.monotonic():
+            return 'backoff'
+        return None
 
-        An inotify watch follows the directory's inode: after
-        ``rm -rf actions.d; mkdir actions.d`` or a rename over it, no event
-        would ever come again. oslo.service starts a new worker, which
-        watches the new directory.
+    def _checks_pass(self) -> bool:
+        """Check what can go wrong under a running daemon; False to stop.
         """
+        problem = self._watcher.problem() if self._watcher else None
+        if self._dead_threads:
+            problem = f'thread {self._dead_threads[0]}'
+        if problem:
+            self._restart(f'{problem}; no change would be noticed any more')
+            return False
         try:
             inode = os.stat(self.root).st_ino
         except OSError:
             inode = None
         if inode != self._root_inode:
-            LOG.error('actions_dir %s was removed or replaced; restarting '
-                      'to watch it again', self.root)
-            os.kill(os.getpid(), signal.SIGTERM)
+            # An inotify watch follows the directory's inode: after
+            # ``rm -rf actions.d; mkdir actions.d`` or a rename over it, no
+            # event would ever come again.
+            self._restart(f'actions_dir {self.root} was removed or '
+                          f'replaced')
+            return False
+        return self._check_state()
+
+    def _check_state(self) -> bool:
+        """Repair a state directory changed under the daemon."""
+        problem = self._lock.problem()
+        if problem:
+            LOG.error('The state directory %s lost its writer lock (%s); '
+                      'taking it again and publishing above generation %d',
+                      self.states.state_dir, problem, self._floor)
+            try:
+                self.states.ensure()
+                self._lock.retake()
+            except (OSError, exceptions.StateLockedError) as exc:
+                self._restart(f'cannot take the writer lock of '
+                              f'{self.states.state_dir} again: {exc}')
+                return False
+            # The watches of the old directory went with it.
+            self._start_watcher()
+            self._restore = True
+            return True
+        if self._current is not None and self._current.generation:
+            try:
+                inode = os.stat(self.states.current_path).st_ino
+            except OSError:
+                inode = None
+            if inode != self._published_inode:
+                LOG.error('%s was removed or replaced; publishing '
+                          'generation %d again, above generation %d',
+                          self.states.current_path,
+                          self._current.generation, self._floor)
+                self._restore = True
+        return True
+
+    def _restart(self, reason: str) -> None:
+        LOG.error('%s; restarting the worker', reason)
+        self._write_status(error=f'restarting: {reason}')
+        self._restart_hook(reason)
+
+    def _relieve_disk(self) -> None:
+        """Free what the state directory can give back on a full disk."""
+        try:
+            removed = self.states.prune(self.conf.hotload.keep_generations)
+        except OSError as exc:
+            LOG.error('Cannot prune %s: %s', self.states.state_dir, exc)
+            return
+        LOG.warning('File system of %s is full: removed %d unused blobs',
+                    self.states.state_dir, removed)
 
     def healthy(self) -> bool:
-        """True while the scan loop is turning (for the watchdog)."""
+        """True while the daemon makes progress (for the watchdog)."""
         return time.monotonic() - self._alive_at < self._alive_limit
 
     def _summary(self, current: manifest_mod.Manifest | None) -> str:
@@ -183,24 +370,67 @@ class Daemon:
                 f'{len(current.actions())} actions, '
                 f'{len(current.errors())} file errors')
 
+    def _stored_generation(self) -> manifest_mod.Manifest:
+        options = self.conf.hotload
+        try:
+            stored = self.states.load()
+        except exceptions.ManifestError as exc:
+            LOG.error('Current manifest unreadable, starting over from '
+                      'an empty table: %s', exc)
+            stored = None
+        return stored or manifest_mod.Manifest.empty(
+            options.package_name, options.action_prefix)
+
+    def _disabled(self, previous: manifest_mod.Manifest) -> tuple[str, ...]:
+        """The operator's disabled actions; a malformed control file keeps
+        those of ``previous`` rather than stopping every publish."""
+        try:
+            disabled = self.states.disabled()
+        except exceptions.ControlFileError as exc:
+            if str(exc) != self._control_error:
+                LOG.error('%s; keeping the disabled actions of generation '
+                          '%d', exc, previous.generation)
+            self._control_error = str(exc)
+            return previous.disabled
+        self._control_error = None
+        return disabled
+
+    def _lost_versions_dropped(
+            self, modules: dict[str, manifest_mod.ModuleRecord]
+    ) -> dict[str, manifest_mod.ModuleRecord]:
+        """Records whose served version's blobs are gone, without it.
+
+        After the state directory was removed, the scan stored every file
+        again, but a module whose current file is broken was serving a
+        version whose source is lost: it can no longer be served.
+        """
+        kept = {}
+        for name, record in modules.items():
+            good = record.good
+            shas = [good.sha256, *good.imports.values()] if good else []
+            if all(os.path.exists(self.states.blobs.path(sha))
+                   for sha in shas if sha):
+                kept[name] = record
+                continue
+            LOG.error('%s: its last good version was lost with the state '
+                      'directory; no longer served', record.path)
+            kept[name] = dataclasses.replace(record, good=None)
+        return kept
+
     def rescan(self, probe_all: bool = False
                ) -> manifest_mod.Manifest | None:
         """Scan, publish a new generation if the table changed, signal.
 
         :param probe_all: Probe every module, not only changed ones.
+        :raises ScanCancelled: when :meth:`stop` interrupted it.
         """
         if probe_all:
             LOG.info('Full rescan requested')
         with self._scan_lock:
+            if self._cancelled.is_set():
+                raise exceptions.ScanCancelled('the daemon is stopping')
             options = self.conf.hotload
-            try:
-                previous = self.states.load()
-            except exceptions.ManifestError as exc:
-                LOG.error('Current manifest unreadable, starting over from '
-                          'an empty table: %s', exc)
-                previous = None
-            previous = previous or manifest_mod.Manifest.empty(
-                options.package_name, options.action_prefix)
+            previous = self._current or self._stored_generation()
             policy = trust.TrustPolicy(options.trusted_owners,
                                        options.max_file_size)
             for owner in policy.unknown_owners:
@@ -208,7 +438,10 @@ class Daemon:
             scanner = scanner_mod.Scanner(
                 self.root, self.states.blobs, self._probe, policy,
                 options.package_name, options.action_prefix,
-                options.reserved_prefixes, options.probe_workers)
+                options.reserved_prefixes, options.probe_workers,
+                max_depth=options.max_depth, on_progress=self._progress,
+                cancelled=self._cancelled, unstable=self._unstable)
+            self._last_scan = time.monotonic()
             try:
                 result = scanner.scan(previous, probe_all=probe_all)
             except exceptions.UntrustedRootError as exc:
@@ -216,9 +449,21 @@ class Daemon:
                           previous.generation)
                 self._write_status(previous, error=str(exc))
                 return None
+            restore = self._restore
+            modules = self._lost_versions_dropped(result.modules) \
+                if restore else result.modules
             current = self.states.commit(
-                previous, result.modules, options.package_name,
-                options.action_prefix, options.keep_generations)
+                previous, modules, options.package_name,
+                options.action_prefix, options.keep_generations,
+                disabled=self._disabled(previous), floor=self._floor,
+                force=restore)
+            self._restore = False
+            self._last_reason_published = current is not previous
+            self._current = current
+            self._floor = max(self._floor, current.generation)
+            with contextlib.suppress(OSError):
+                self._published_inode = os.stat(
+                    self.states.current_path).st_ino
             self._report(previous, current, result)
             self._write_status(current, probed=len(result.probed),
                                seconds=result.duration)
@@ -254,104 +499,15 @@ class Daemon:
             'last_scan_probed': probed,
             'last_scan_seconds': round(seconds, 3),
             'error': error,
+            'warnings': [self._control_error] if self._control_error
+            else [],
         })
         try:
-            store.atomic_write(self.states.status_path,
-                               json.dumps(self._status, indent=1).encode())
+            self.states.write_status(self._status)
         except OSError as exc:
             LOG.error('Cannot write %s: %s', self.states.status_path, exc)
 
 
-class DaemonService(service_base.ServiceBase):
-    """oslo.service lifecycle around :class:`Daemon`.
-
-    SIGTERM stops it after the generation being written is finished;
-    SIGHUP re-reads the configuration files and restarts the worker, which
-    rescans with the new options.
-
-    :param conf: The daemon's configuration.
-    """
-
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
-        super().__init__()
-        self.conf = conf
-        self.daemon: Daemon | None = None
-        self._stopped = threading.Event()
-
-    def start(self) -> None:
-        self.daemon = Daemon(self.conf)
-        self.daemon.start()
-
-    def stop(self, graceful: bool = False) -> None:
-        if self.daemon:
-            self.daemon.stop()
-        self._stopped.set()
-
-    def wait(self) -> None:
-        self._stopped.wait()
-
-    def reset(self) -> None:
-        # Part of oslo.service's interface; on its threading backend SIGHUP
-        # restarts the worker instead of calling this.
-        if self.daemon:
-            self.daemon.rescan()
-
-
-def startup_problem(conf: cfg.ConfigOpts) -> str | None:
-    """Why the daemon cannot start with ``conf``, or None.
-
-    Checked before launching, in the master: a worker that failed on these
-    would be restarted forever.
-    """
-    options = conf.hotload
-    if not os.path.isdir(options.actions_dir):
-        return (f'actions_dir {options.actions_dir} is not a directory; '
-                f'create it (owned by root or the service user, mode 0755) '
-                f'or set [hotload] actions_dir')
-    # Providers run whatever the state directory's manifest names: it must
-    # be as trusted as the actions directory.
-    policy = trust.TrustPolicy(options.trusted_owners,
-                               options.max_file_size)
-    state_dir = options.state_dir
-    problem = policy.check_ancestors(state_dir)
-    if not problem and os.path.exists(state_dir):
-        problem = policy.check_dir(state_dir, os.stat(state_dir))
-    if problem:
-        return f'state_dir {state_dir} is not trusted: {problem}'
-    return None
-
-
-def load_config(argv: list[str]) -> cfg.ConfigOpts:
-    """The daemon's configuration from its command line.
-
-    ``--config-file`` may be given several times, typically Mistral's
-    ``mistral.conf`` (for ``transport_url``, and ``[hotload]`` so that the
-    daemon and the providers agree) and the daemon's own file. The global
-    ``cfg.CONF`` is used, as oslo.messaging expects of a service.
-    """
-    conf = cfg.CONF
-    hotload_conf.register_opts(conf)
-    signals.register_transport_opts(conf)
-    logging.register_options(conf)
-    conf(argv, project='mistral-hotload',
-         default_config_files=[f for f in hotload_conf.DEFAULT_CONFIG_FILES
-                               if os.path.exists(f)])
-    return conf
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the daemon; see :mod:`hotload.cmd.daemon` for the backend."""
-    from oslo_service import service
-
-    conf = load_config(sys.argv[1:] if argv is None else argv)
-    logging.setup(conf, 'mistral-hotload')
-    problem = startup_problem(conf)
-    if problem:
-        LOG.error('%s', problem)
-        return 1
-    notify.claim_environment()
-    # 'reload' re-reads every option on SIGHUP ('mutate' would skip the
-    # immutable ones); cotyledon then restarts the worker, which rescans.
-    launcher = service.launch(conf, DaemonService(conf),
-                              restart_method='reload')
-    return launcher.wait() or 0
+def _terminate_this_process(reason: str) -> None:
+    # oslo.service's master starts a new worker, with new watches.
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -6,8 +6,11 @@ master as soon as it starts, before the worker has scanned anything, and
 then removes ``NOTIFY_SOCKET``. The daemon must say ready only once the
 first generation is published, and also sends ``STATUS=`` updates and
 ``WATCHDOG=1`` at half of ``WATCHDOG_USEC``, from the worker (the unit sets
-``NotifyAccess=all``). So :func:`claim_environment` moves the variables out
-of cotyledon's sight before it starts, and this module speaks the protocol.
+``NotifyAccess=all``), while it makes progress. During the first scan it
+sends ``EXTEND_TIMEOUT_USEC`` instead, so that readiness waits for a first
+scan of any size while it progresses. So :func:`claim_environment` moves
+the variables out of cotyledon's sight before it starts, and this module
+speaks the protocol.
 """
 
 import os
@@ -40,7 +43,9 @@ class Notifier:
     """
 
     def __init__(self, environ: dict[str, str] | None = None,
-                 healthy: Callable[[], bool] = lambda: True) -> None:
+                 healthy: Callable[[], bool] = lambda: True,
+                 progress: Callable[[], str] = lambda: 'starting',
+                 start_extension: float = 30.0) -> None:
         if environ is None:
             # Taken out of the environment: the probe's children, which
             # run user code, must not be able to talk to systemd.
@@ -56,7 +61,10 @@ class Notifier:
         usec = environ.get(CLAIMED + 'WATCHDOG_USEC',
                            environ.get('WATCHDOG_USEC', ''))
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() else 0.0
+        self.start_extension = start_extension
         self._healthy = healthy
+        self._progress = progress
+        self._ready = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -71,14 +79,26 @@ class Notifier:
                 LOG.warning('Cannot notify systemd at %s: %s',
                             self.address, exc)
 
-    def ready(self, status: str) -> None:
-        """Tell systemd the service is up; start watchdog keep-alives."""
-        self.send('READY=1', f'STATUS={status}')
-        if self.watchdog_interval and self._thread is None:
+    def starting(self) -> None:
+        """Keep systemd's start timeout away while the first scan progresses.
+
+        A first scan takes as long as the tree is big (each probe up to
+        ``probe_timeout``). No fixed ``TimeoutStartSec`` fits every tree, so
+        while the scan makes progress, ``EXTEND_TIMEOUT_USEC`` pushes the
+        deadline ``start_extension`` seconds ahead, with the progress as
+        ``STATUS``; a scan that stops progressing lets it expire.
+        """
+        if self.address and self._thread is None:
             self._thread = threading.Thread(
                 target=self._keep_alive, name='hotload-watchdog',
                 daemon=True)
             self._thread.start()
+
+    def ready(self, status: str) -> None:
+        """Tell systemd the service is up; keep-alives follow."""
+        self._ready.set()
+        self.send('READY=1', f'STATUS={status}')
+        self.starting()
 
     def status(self, status: str) -> None:
         self.send(f'STATUS={status}')
@@ -87,10 +107,24 @@ class Notifier:
         self._stop.set()
         self.send('STOPPING=1')
 
+    def _interval(self) -> float:
+        if self._ready.is_set():
+            return self.watchdog_interval
+        return min(self.start_extension / 3, self.watchdog_interval
+                   or self.start_extension)
+
     def _keep_alive(self) -> None:
-        while not self._stop.wait(self.watchdog_interval):
-            if self._healthy():
+        while not self._stop.wait(self._interval() or 1.0):
+            if self._ready.is_set() and not self.watchdog_interval:
+                continue
+            if not self._healthy():
+                LOG.error('The daemon has made no progress for too long; '
+                          'letting systemd\'s %s end it',
+                          'watchdog' if self._ready.is_set()
+                          else 'start timeout')
+            elif self._ready.is_set():
                 self.send('WATCHDOG=1')
             else:
-                LOG.error('The scan loop has not turned for too long; '
-                          'letting the systemd watchdog restart the daemon')
+                self.send(f'EXTEND_TIMEOUT_USEC='
+                          f'{int(self.start_extension * 1e6)}',
+                          f'STATUS={self._progress()}')

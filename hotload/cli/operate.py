@@ -16,15 +16,18 @@ Exit status of ``status``, for monitoring:
   serves the daemon's generation;
 * 1: some file has an error (its last good version, if any, is served);
 * 2: a process lags behind the daemon's generation, the daemon is not
-  running, nothing was published yet, or no broker of ``transport_url``
-  accepts a connection (the processes could not be asked, so convergence
-  cannot be confirmed; ``errors`` says which broker and why).
+  running or cannot publish (its last scan failed, or the state
+  directory's file system is full), nothing was published yet, or no
+  broker of ``transport_url`` accepts a connection (the processes could
+  not be asked, so convergence cannot be confirmed; ``errors`` says which
+  broker and why).
 
 Without ``transport_url`` the processes are not asked (they still load new
 generations by themselves) and the exit status depends on the daemon and
 the files only.
 """
 
+import os
 import socket
 import time
 
@@ -45,6 +48,17 @@ UNASKED = 'Mistral processes could not be asked'
 # Least time a broker gets to accept a TCP connection, whatever --timeout
 # says: less would call a working broker unreachable.
 MIN_BROKER_TIMEOUT = 0.5
+
+
+#: Room the daemon needs beside a manifest's size to publish the next.
+MIN_FREE_BYTES = 1024 * 1024
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 class CommandError(Exception):
@@ -148,9 +162,10 @@ def _processes(conf, generation: int, timeout: float,
 class Status(_StateCommand, show.ShowOne):
     """Show the daemon, what it serves, and every Mistral process.
 
-    Exit status: 0 all served and converged, 1 some file has an error,
-    2 a process lags, the daemon is not running, or the broker is
-    unreachable (the processes could not be asked; see errors).
+    Exit status: 0 all served and converged, 1 some file or control file
+    has an error, 2 a process lags, the daemon is not running or cannot
+    publish (a failing scan, a full disk), or the broker is unreachable
+    (the processes could not be asked; see errors).
     """
 
     def get_parser(self, prog_name):
@@ -178,7 +193,16 @@ class Status(_StateCommand, show.ShowOne):
         daemon = 'running' if running else 'not running'
         if status.get('pid'):
             daemon += f' (pid {status["pid"]} on {status.get("host")})'
-        errors = [status['error']] if status.get('error') else []
+        # The daemon cannot publish: a failing scan, or no room to write.
+        stuck = [status['error']] if status.get('error') and running \
+            else []
+        free = states.free_bytes()
+        needed = MIN_FREE_BYTES + _size(states.current_path)
+        if free is not None and free < needed:
+            stuck.append(f'the file system of {states.state_dir} is full '
+                         f'({free} bytes free): no new generation can be '
+                         f'published')
+        errors = stuck + list(status.get('warnings') or ())
         if current:
             errors += [f'{e.location()}: {e.kind}: {e.message}'
                        + ('' if m.good else ' (never served)')
@@ -199,7 +223,7 @@ class Status(_StateCommand, show.ShowOne):
         lagging = [p for p in processes if p['state'] == 'lagging']
         # Processes that could not be asked may lag: convergence is not
         # confirmed, which monitoring must not read as "only a file error".
-        if not running or current is None or lagging or unasked:
+        if not running or current is None or lagging or unasked or stuck:
             self.exit_status = EXIT_LAGGING
         elif errors:
             self.exit_status = EXIT_FILE_ERRORS

@@ -15,7 +15,7 @@ from oslo_service import backend
 warnings.filterwarnings('ignore', message=r'\s*Eventlet is deprecated')
 backend.init_backend(backend.BackendType.THREADING)
 
-from hotload import daemon  # noqa: E402
+from hotload import service  # noqa: E402
 
-main = daemon.main
+main = service.main
 
