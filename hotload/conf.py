@@ -6,6 +6,7 @@ named.
 """
 
 import os
+import socket
 
 from oslo_config import cfg
 
@@ -105,6 +106,38 @@ hotload_opts = [
         min=1,
         help='Number of manifest generations kept on disk. Blobs that none '
              'of them refers to are deleted.'),
+    cfg.StrOpt(
+        'mode',
+        default='publisher',
+        choices=[('publisher', 'Watch actions_dir and publish generations '
+                               '(a single node, or the one node of a '
+                               'cluster that publishes).'),
+                 ('mirror', 'Copy the publisher\'s signed generations into '
+                            'state_dir over oslo.messaging; no actions_dir '
+                            'is needed.')],
+        help='What the daemon does. One daemon of a cluster publishes, the '
+             'daemon of every other node mirrors it; both need the same '
+             'cluster_key.'),
+    cfg.StrOpt(
+        'cluster_key',
+        secret=True,
+        help='Shared secret (the same on every node) with which the '
+             'publisher signs the manifests it serves to mirrors '
+             '(HMAC-SHA256). A mirror refuses to start without it; a '
+             'publisher without it serves no mirror.'),
+    cfg.FloatOpt(
+        'mirror_check_interval',
+        default=30.0,
+        min=1.0,
+        help='Seconds between a mirror\'s comparisons of its generation '
+             'with the publisher\'s, which bound how long a missed '
+             'announcement delays it.'),
+    cfg.FloatOpt(
+        'cluster_timeout',
+        default=5.0,
+        min=0.1,
+        help='Seconds one RPC call between a mirror and the publisher may '
+             'take before the publisher is reported unreachable.'),
 ]
 
 
@@ -132,6 +165,31 @@ def load(config_files: list[str] | None = None) -> cfg.ConfigOpts:
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register the ``[hotload]`` options on ``conf``."""
     conf.register_opts(hotload_opts, group=GROUP)
+
+
+def register_host_opt(conf: cfg.ConfigOpts) -> None:
+    """Register ``[DEFAULT] host`` on ``conf`` unless something did already.
+
+    It is Mistral's own option (the name of its RPC servers), read from
+    the same ``mistral.conf``; registering it again with other attributes
+    would raise, so an existing one is left alone.
+
+    :param conf: The configuration to register it on.
+    """
+    if 'host' not in conf:
+        conf.register_opt(cfg.StrOpt(
+            'host',
+            help='Name of this node (Mistral\'s own option); by default the '
+                 'host name. Lets several simulated nodes share a machine.'))
+
+
+def node_name(conf: cfg.ConfigOpts) -> str:
+    """What this node calls itself: ``[DEFAULT] host``, else the host name.
+
+    :param conf: The configuration, parsed.
+    """
+    register_host_opt(conf)
+    return conf.host or socket.gethostname()
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:

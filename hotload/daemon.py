@@ -22,7 +22,6 @@ import dataclasses
 import errno
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -31,10 +30,12 @@ from collections.abc import Callable
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from hotload import conf as hotload_conf
 from hotload import exceptions
 from hotload import manifest as manifest_mod
 from hotload import notify
 from hotload import probe as probe_mod
+from hotload import publication
 from hotload import scanner as scanner_mod
 from hotload import signals
 from hotload import store
@@ -88,6 +89,8 @@ class Daemon:
         self._probe = None
         self._watcher: watcher.TreeWatcher | None = None
         self._publisher = None
+        #: Serves mirrors (mode = publisher with a cluster_key), or None.
+        self._publication: publication.Publication | None = None
         self._changed = threading.Event()
         self._stopping = threading.Event()
         #: Set by stop(): the scan in progress gives up, publishing nothing.
@@ -137,11 +140,16 @@ class Daemon:
         if signals.transport_configured(self.conf):
             self._publisher = signals.Publisher(self.conf)
             self._resources.callback(self._publisher.close)
+            self._publication = publication.start_publication(
+                self.conf, self.states)
+            if self._publication:
+                self._resources.callback(self._publication.close)
         else:
             LOG.info('No transport_url configured: running embedded; '
                      'providers on this node notice new generations '
                      'themselves')
-        self._status = {'pid': os.getpid(), 'host': socket.gethostname(),
+        self._status = {'pid': os.getpid(),
+                        'host': hotload_conf.node_name(self.conf),
                         'started_at': _now(), 'actions_dir': self.root}
         # Watch before the first scan, so nothing that changes during it
         # is missed.
@@ -469,6 +477,8 @@ class Daemon:
                                seconds=result.duration)
         if current is not previous and self._publisher:
             self._publisher.generation_published(current.generation)
+        if current is not previous and self._publication:
+            self._publication.announce(current)
         return current
 
     @staticmethod

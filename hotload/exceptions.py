@@ -46,3 +46,20 @@ class InvalidReferenceError(HotloadError):
     The executor refuses it before touching the blob store: the action
     fails cleanly instead of reading whatever path the reference spells.
     """
+
+
+class SignatureError(HotloadError):
+    """A manifest from another node is unsigned or wrongly signed.
+
+    A mirror refuses it and keeps serving what it has. The message never
+    contains the key.
+    """
+
+
+class ClusterError(HotloadError):
+    """A mirror could not take the publisher's generation.
+
+    The publisher is unreachable, or it answered with something refused
+    (a blob whose content does not match its sha256, a malformed reply);
+    the mirror keeps serving what it has.
+    """

@@ -19,12 +19,14 @@ from hotload import notify
 from hotload import signals
 from hotload import trust
 from hotload.daemon import Daemon
+from hotload.mirror import Mirror
 
 LOG = logging.getLogger(__name__)
 
 
 class DaemonService(service_base.ServiceBase):
-    """oslo.service lifecycle around :class:`Daemon`.
+    """oslo.service lifecycle around :class:`Daemon`, or :class:`Mirror`
+    with ``[hotload] mode = mirror``.
 
     SIGTERM stops it after the generation being written is finished;
     SIGHUP re-reads the configuration files and restarts the worker, which
@@ -36,11 +38,14 @@ class DaemonService(service_base.ServiceBase):
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         super().__init__()
         self.conf = conf
-        self.daemon: Daemon | None = None
+        self.daemon: Daemon | Mirror | None = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        self.daemon = Daemon(self.conf)
+        if self.conf.hotload.mode == 'mirror':
+            self.daemon = Mirror(self.conf)
+        else:
+            self.daemon = Daemon(self.conf)
         self.daemon.start()
 
     def stop(self, graceful: bool = False) -> None:
@@ -65,7 +70,11 @@ def startup_problem(conf: cfg.ConfigOpts) -> str | None:
     would be restarted forever.
     """
     options = conf.hotload
-    if not os.path.isdir(options.actions_dir):
+    if options.mode == 'mirror':
+        problem = _mirror_problem(conf)
+        if problem:
+            return problem
+    elif not os.path.isdir(options.actions_dir):
         return (f'actions_dir {options.actions_dir} is not a directory; '
                 f'create it (owned by root or the service user, mode 0755) '
                 f'or set [hotload] actions_dir')
@@ -82,6 +91,21 @@ def startup_problem(conf: cfg.ConfigOpts) -> str | None:
     return None
 
 
+def _mirror_problem(conf: cfg.ConfigOpts) -> str | None:
+    """Why ``mode = mirror`` cannot work with ``conf``, or None."""
+    if not conf.hotload.cluster_key:
+        # Unsigned generations from the broker would be code anyone on it
+        # could make this node run.
+        return ('mode = mirror needs [hotload] cluster_key, the secret the '
+                'publisher signs its manifests with (the same value on '
+                'every node): without it no generation could be checked; '
+                'refusing to start')
+    if not signals.transport_configured(conf):
+        return ('mode = mirror needs [DEFAULT] transport_url, the broker '
+                'shared with the publisher; refusing to start')
+    return None
+
+
 def load_config(argv: list[str]) -> cfg.ConfigOpts:
     """The daemon's configuration from its command line.
 
@@ -93,6 +117,7 @@ def load_config(argv: list[str]) -> cfg.ConfigOpts:
     conf = cfg.CONF
     hotload_conf.register_opts(conf)
     signals.register_transport_opts(conf)
+    hotload_conf.register_host_opt(conf)
     logging.register_options(conf)
     conf(argv, project='mistral-hotload',
          default_config_files=[f for f in hotload_conf.DEFAULT_CONFIG_FILES
