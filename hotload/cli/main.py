@@ -20,9 +20,14 @@ backend.init_backend(backend.BackendType.THREADING)
 
 DESCRIPTION = """\
 Inspect and operate mistral-hotload: check action modules before you deploy
-them, list what a directory exports, and print its catalog.
+them, list what a directory exports and print its catalog, show the status
+of the daemon and of every Mistral process, disable, enable and reload
+actions, and check the installation.
 
-Exit status: 0 when all is well, 1 when a checked file has an error.
+Exit status: 0 when all is well; 1 when a checked or served file has an
+error (or a doctor check fails); 2 from status when the daemon is not
+running or cannot publish, a process lags or the broker is unreachable.
+See "mistral-hotload help COMMAND".
 """
 
 
