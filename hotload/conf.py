@@ -141,7 +141,11 @@ hotload_opts = [
 ]
 
 
-DEFAULT_CONFIG_FILES = ['/etc/mistral-hotload/mistral-hotload.conf']
+#: Read, those that exist, when no ``--config-file`` is given: Mistral's
+#: file first (``transport_url`` and ``[hotload]``, as the shipped unit
+#: reads it), then the project's own, whose values win.
+DEFAULT_CONFIG_FILES = ['/etc/mistral/mistral.conf',
+                        '/etc/mistral-hotload/mistral-hotload.conf']
 
 
 def load(config_files: list[str] | None = None) -> cfg.ConfigOpts:
@@ -150,8 +154,8 @@ def load(config_files: list[str] | None = None) -> cfg.ConfigOpts:
     The global one, because oslo.messaging registers some of its options
     (tracing) only there.
 
-    :param config_files: Files to read, in order; None reads the default
-        file when it exists.
+    :param config_files: Files to read, in order; None reads those of
+        :data:`DEFAULT_CONFIG_FILES` that exist.
     """
     conf = cfg.CONF
     register_opts(conf)

@@ -50,9 +50,10 @@ class HotloadApp(app.App):
             '--config-file', action='append', dest='config_files',
             metavar='PATH',
             help='Configuration file with a [hotload] section; repeat to '
-                 'read several (later ones win). Default: '
+                 'read several (later ones win). Default: those of '
                  + ', '.join(hotload_conf.DEFAULT_CONFIG_FILES)
-                 + ' when it exists.')
+                 + ' that exist, in that order (what the shipped systemd '
+                 'unit\'s daemon reads).')
         return parser
 
     def initialize_app(self, argv) -> None:
