@@ -368,9 +368,37 @@ def refused_under(root: str, policy: trust.TrustPolicy) -> list[str]:
     with tempfile.TemporaryDirectory(prefix='hotload-doctor-') as blobs:
         snapshot = scanner.snapshot_tree(root, policy,
                                          store.BlobStore(blobs))
-    # The policy's messages end in a generic hint; the row names the fix.
-    return [f'{error.path}: {error.message.split(";")[0]}'
+    return [f'{error.path}: {_with_fix(error.message)}'
             for _, error in sorted(snapshot.refused.items())]
+
+
+#: Refusals whose message names no fix, and what fixes them.
+_FIXES = {
+    'not a valid Python module name': 'rename the file to letters, digits '
+    'and underscores (not starting with a digit) and .py',
+    'not a valid Python package name': 'rename the directory to letters, '
+    'digits and underscores (not starting with a digit)',
+}
+
+
+def _with_fix(message: str) -> str:
+    """The refusal with the fix for its own kind.
+
+    Owner and mode refusals end in a generic hint, which the row replaces
+    by the exact commands (:func:`_is_ownership`); the others keep the
+    fix their message gives, or get one from :data:`_FIXES`.
+    """
+    if _is_ownership(message):
+        return message.split(';')[0]
+    for cause, fix in _FIXES.items():
+        if message.startswith(cause) and ';' not in message:
+            return f'{message}; {fix}'
+    return message
+
+
+def _is_ownership(message: str) -> bool:
+    return 'which is not a trusted owner' in message or \
+        ' is writable by ' in message
 
 
 def check_actions_dir(conf: cfg.ConfigOpts) -> Row:
@@ -421,11 +449,15 @@ def check_actions_dir(conf: cfg.ConfigOpts) -> Row:
         shown = '; '.join(refused[:SHOWN_PROBLEMS])
         more = (f' (and {len(refused) - SHOWN_PROBLEMS} more)'
                 if len(refused) > SHOWN_PROBLEMS else '')
+        # Only owners and modes are fixed by chmod and chown; the other
+        # refusals carry their own fix.
+        fix = (f'; fix: chmod -R go-w {_quote(root)}; chown -R {owner} '
+               f'{_quote(root)} (trusted owners: {trusted})'
+               if any(_is_ownership(r) for r in refused) else '')
         return Row(name, WARNING,
                    f'{root} is trusted, but the daemon refuses '
-                   f'{len(refused)} entries under it: {shown}{more}; fix: '
-                   f'chmod -R go-w {_quote(root)}; chown -R {owner} '
-                   f'{_quote(root)} (trusted owners: {trusted}){unknown}')
+                   f'{len(refused)} entries under it: {shown}{more}'
+                   f'{fix}{unknown}')
     return Row(name, WARNING if unknown else OK,
                f'{root} and everything under it is owned by trusted users '
                f'({trusted}) and writable only by its owner{unknown}')

@@ -217,3 +217,21 @@ def test_refused_files_under_a_trusted_directory_are_a_warning(
     assert 'sub/e.py: directory sub is writable by everyone (mode 0777)' \
         in refused
     assert f'fix: chmod -R go-w {actions_dir}' in row.detail
+
+
+def test_a_file_refused_by_its_name_gets_a_rename_not_chmod(
+        tmp_path, actions_dir):
+    path = os.path.join(actions_dir, 'my-tool.py')
+    with open(path, 'w') as stream:
+        stream.write('x = 1\n')
+    os.chmod(path, 0o644)
+    config = write_conf(tmp_path / 'c.conf', f'''
+        [hotload]
+        actions_dir = {actions_dir}
+        state_dir = {tmp_path / 'state'}
+    ''')
+    row = doctor.check_actions_dir(hotload_conf.load([config]))
+    assert row.result == 'warning'
+    assert 'my-tool.py: not a valid Python module name; rename the file ' \
+        'to letters, digits and underscores' in row.detail
+    assert 'chmod' not in row.detail and 'chown' not in row.detail
