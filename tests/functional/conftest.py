@@ -6,6 +6,11 @@ authentication off), with ``[hotload]`` in its ``mistral.conf`` pointing
 at a test actions directory. The daemon runs from this environment with
 the same ``mistral.conf``, so it signals the providers over RabbitMQ.
 Every process is stopped by PID at the end.
+
+A test that asks for ``cluster`` also gets nodes B and C of the same
+Mistral (see ``Cluster``), started once per session; such tests run after
+all others, so the single-node tests never see an engine or executor of
+another node.
 """
 
 import os
@@ -169,6 +174,82 @@ def node(tmp_path_factory):
             daemon.kill()
 
 
+#: More ``[hotload]`` options of nodes B and C, e.g. the mirror daemons'
+#: ``mode`` and ``cluster_key`` (issue 9).
+CLUSTER_HOTLOAD: dict[str, dict[str, object]] = {'b': {}, 'c': {}}
+
+
+class Cluster:
+    """Three simulated Mistral nodes on this machine, one database, one broker.
+
+    ``a`` is the session's ``node`` (its harness runs API, engine and
+    executor; ``node`` also has the daemon, the client and the actions
+    directory); ``b`` runs an engine and an executor; ``c`` only an
+    executor, and its ``mistral.conf`` points ``[database] connection``
+    at a closed port. ``b`` and ``c`` are ``MistralNode`` objects; all
+    three have ``host``, ``servers``, ``pids``, ``config_file``,
+    ``state_dir`` and ``server_log(server)``.
+    """
+
+    def __init__(self, node: Node, b, c) -> None:
+        self.node = node
+        self.a = node.harness
+        self.b = b
+        self.c = c
+        #: Every node by its letter.
+        self.nodes = {'a': self.a, 'b': b, 'c': c}
+        self.started_pids = self.server_pids()
+
+    def server_pids(self) -> dict[str, dict[str, tuple[int, frozenset]]]:
+        """``{host: {server: (master PID, its workers' PIDs)}}``."""
+        return {member.host: {server: (pid, frozenset(children(pid)))
+                              for server, pid in member.pids.items()}
+                for member in self.nodes.values()}
+
+    def server_logs(self, server: str) -> dict[str, Path]:
+        """``{host: log file}`` of ``server`` on every node that runs it."""
+        return {member.host: member.server_log(server)
+                for member in self.nodes.values()
+                if server in member.servers}
+
+
+@pytest.fixture(scope='session')
+def cluster(node, tmp_path_factory):
+    """Nodes B and C join the session's node, which is node A.
+
+    Started when the first test asks for it, stopped by PID at the end
+    of the session.
+    """
+    base = tmp_path_factory.mktemp('cluster')
+    os.chmod(base, 0o755)
+    harness = node.harness
+    b = harness.add_node('node-b', ('engine', 'executor'),
+                         workdir=base / 'node-b',
+                         hotload={'action_prefix': PREFIX,
+                                  **CLUSTER_HOTLOAD['b']})
+    try:
+        c = harness.add_node('node-c', ('executor',), database=False,
+                             workdir=base / 'node-c',
+                             hotload={'action_prefix': PREFIX,
+                                      **CLUSTER_HOTLOAD['c']})
+        try:
+            yield Cluster(node, b, c)
+        finally:
+            c.stop()
+    finally:
+        b.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use the cluster last (a stable sort keeps the rest).
+
+    Once nodes B and C run, their engine and executor take part in every
+    workflow, and their state directories are not node A's.
+    """
+    items.sort(key=lambda item: 'cluster' in getattr(
+        item, 'fixturenames', ()))
+
+
 @pytest.fixture(autouse=True)
 def mistral_never_restarts(request):
     """After every test: the same Mistral processes serve (no restart)."""
@@ -176,3 +257,7 @@ def mistral_never_restarts(request):
     if 'node' in request.fixturenames:
         node = request.getfixturevalue('node')
         assert node.server_pids() == node.mistral_pids
+    if 'cluster' in request.fixturenames:
+        cluster = request.getfixturevalue('cluster')
+        if isinstance(cluster, Cluster):  # not a module's own ``cluster``
+            assert cluster.server_pids() == cluster.started_pids
