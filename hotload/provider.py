@@ -131,7 +131,7 @@ class UnavailableAction(ml_actions.Action):
                 if self.content_key else 'the reference sent is invalid')
         return ml_actions.Result(error=(
             f'hot action {self.name or "(name unknown)"} cannot run on host '
-            f'{socket.gethostname()}: {what} ({self.reason})'))
+            f'{_HOST or socket.gethostname()}: {what} ({self.reason})'))
 
     def __repr__(self) -> str:
         return f'unavailable hot action {self.name or "(name unknown)"}'
@@ -221,6 +221,7 @@ def _register_serializer() -> None:
 
 _register_serializer()
 _CACHE: VersionCache | None = None
+_HOST: str | None = None
 
 
 class HotloadActionDescriptor(providers_base.ActionDescriptorBase):
@@ -317,6 +318,10 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         if hotload_conf.GROUP not in self.conf:
             hotload_conf.register_opts(self.conf)
         options = self.conf.hotload
+        global _HOST
+        #: The node this process is on: Mistral's ``[DEFAULT] host`` when
+        #: set (several nodes can share a machine), else the host name.
+        self.host = _HOST = hotload_conf.node_name(self.conf)
         self.states = store.ManifestStore(options.state_dir)
         self.cache = VersionCache(self.states.blobs, options.actions_dir)
         _CACHE = self.cache
@@ -534,7 +539,7 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         """What this process serves, for ``mistral-hotload status``."""
         table = self._table
         return {
-            'host': socket.gethostname(),
+            'host': self.host,
             'service': _service_name(),
             'pid': os.getpid(),
             'generation': self.generation,

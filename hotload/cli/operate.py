@@ -28,7 +28,6 @@ the files only.
 """
 
 import os
-import socket
 import time
 
 import oslo_messaging
@@ -37,6 +36,7 @@ from cliff import command
 from cliff import lister
 from cliff import show
 
+from hotload import conf as hotload_conf
 from hotload import exceptions
 from hotload import signals
 from hotload import store
@@ -141,7 +141,7 @@ def _processes(conf, generation: int, timeout: float,
             conf, max(0.0, deadline - time.monotonic()))
     except signals.NotAsked as exc:
         return [], f'{exc}: {UNASKED}'
-    host = socket.gethostname()
+    host = hotload_conf.node_name(conf)
     found = []
     for status in answers:
         here = status.get('host') == host

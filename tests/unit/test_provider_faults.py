@@ -20,7 +20,9 @@ import pytest
 from mistral_lib import actions as ml_actions
 from mistral_lib import serialization
 from mistral_lib.actions import context as ml_context
+from oslo_config import cfg
 
+from hotload import conf as hotload_conf
 from hotload import exceptions
 from hotload import manifest as manifest_mod
 from hotload import provider as provider_mod
@@ -376,3 +378,24 @@ def test_each_version_traceback_shows_its_own_source(tree, scan, provider):
     restored = serialization.get_polymorphic_serializer().deserialize(
         serialization.get_polymorphic_serializer().serialize(old))
     assert 'raise ValueError("v0")' in failure(restored)
+
+
+def test_a_process_names_its_node_by_mistrals_host_option(tree, scan):
+    """Several simulated nodes on one machine are told apart by
+    ``[DEFAULT] host``, in status and in the "cannot run" failure."""
+    conf = cfg.ConfigOpts()
+    hotload_conf.register_opts(conf)
+    hotload_conf.register_host_opt(conf)
+    conf([], default_config_files=[])
+    conf.set_override('host', 'node-x')
+    conf.set_override('state_dir', scan.states.state_dir, 'hotload')
+    conf.set_override('actions_dir', tree.root, 'hotload')
+    provider = provider_mod.HotloadActionProvider('hotload', conf=conf)
+    assert provider.describe()['host'] == 'node-x'
+    publish(tree, scan, provider, 'greet.py', GREET)
+    outer = json.loads(serialized(provider.find(NAME).ref, who='ann'))
+    inner = json.loads(outer['__serial_data'])
+    inner['ref'] = with_sha256(inner['ref'], 'ab' * 32)
+    result = run(deserialize(outer, inner))
+    assert result.is_error()
+    assert 'cannot run on host node-x' in result.error
