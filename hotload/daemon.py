@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import errno
 import os
-import signal
 import sys
 import threading
 import time
@@ -60,10 +59,6 @@ RECURSION_LIMIT = 10_000
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _now() -> str:
-    return time.strftime('%Y-%m-%dT%H:%M:%S%z')
-
-
 class Daemon:
     """The daemon's work, independent of how it is launched.
 
@@ -71,17 +66,17 @@ class Daemon:
         signals, the messaging transport.
     :param restart: Called with a reason when the worker process must be
         replaced (its watches are lost, its state directory was taken by
-        another writer); by default the process sends itself SIGTERM and
-        oslo.service starts a new worker.
+        another writer); under oslo.service,
+        :func:`hotload.service.restart_worker`.
     """
 
     def __init__(self, conf: cfg.ConfigOpts,
-                 restart: Callable[[str], None] | None = None) -> None:
+                 restart: Callable[[str], None]) -> None:
         self.conf = conf
         options = conf.hotload
         self.root = os.path.realpath(options.actions_dir)
         self.states = store.ManifestStore(options.state_dir)
-        self._restart_hook = restart or _terminate_this_process
+        self._restart_hook = restart
         # What start() took (lock, probe, publisher), given back in
         # reverse by stop().
         self._resources = contextlib.ExitStack()
@@ -150,7 +145,8 @@ class Daemon:
                      'themselves')
         self._status = {'pid': os.getpid(),
                         'host': hotload_conf.node_name(self.conf),
-                        'started_at': _now(), 'actions_dir': self.root}
+                        'started_at': store.timestamp(),
+                        'actions_dir': self.root}
         # Watch before the first scan, so nothing that changes during it
         # is missed.
         self._start_watcher()
@@ -505,19 +501,11 @@ class Daemon:
         if current is not None:
             self._status['generation'] = current.generation
         self._status.update({
-            'last_scan_at': _now(),
+            'last_scan_at': store.timestamp(),
             'last_scan_probed': probed,
             'last_scan_seconds': round(seconds, 3),
             'error': error,
             'warnings': [self._control_error] if self._control_error
             else [],
         })
-        try:
-            self.states.write_status(self._status)
-        except OSError as exc:
-            LOG.error('Cannot write %s: %s', self.states.status_path, exc)
-
-
-def _terminate_this_process(reason: str) -> None:
-    # oslo.service's master starts a new worker, with new watches.
-    os.kill(os.getpid(), signal.SIGTERM)
+        self.states.record_status(self._status)

@@ -19,7 +19,6 @@ and changes nothing: the node keeps serving what it has.
 
 import contextlib
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -47,15 +46,6 @@ PROGRESS_MARGIN = 5.0
 #: Errors that mean "not taken this time"; the mirror goes on serving.
 REFUSALS = (exceptions.ClusterError, exceptions.SignatureError,
             exceptions.ManifestError, exceptions.BlobError)
-_HEX = frozenset('0123456789abcdef')
-
-
-def _now() -> str:
-    return time.strftime('%Y-%m-%dT%H:%M:%S%z')
-
-
-def _is_sha256(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
 
 
 def required_blobs(current: manifest_mod.Manifest) -> list[str]:
@@ -72,7 +62,7 @@ def required_blobs(current: manifest_mod.Manifest) -> list[str]:
         shas = [module.good.sha256,
                 *(s for s in module.good.imports.values() if s)]
         for sha in shas:
-            if not _is_sha256(sha):
+            if not store.is_sha256(sha):
                 raise exceptions.ManifestError(
                     f'generation {current.generation}: module '
                     f'{module.name!r:.100} names blob {sha!r:.100}, which '
@@ -103,17 +93,17 @@ class Mirror:
     :param conf: Configuration with ``[hotload]`` (``mode = mirror``, a
         ``cluster_key``) and the messaging transport.
     :param restart: Called with a reason when the worker process must be
-        replaced (its state directory was taken from under it); by default
-        the process sends itself SIGTERM and oslo.service starts a new one.
+        replaced (its state directory was taken from under it); under
+        oslo.service, :func:`hotload.service.restart_worker`.
     """
 
     def __init__(self, conf: cfg.ConfigOpts,
-                 restart: Callable[[str], None] | None = None) -> None:
+                 restart: Callable[[str], None]) -> None:
         self.conf = conf
         options = conf.hotload
         self.states = store.ManifestStore(options.state_dir)
         self.host = hotload_conf.node_name(conf)
-        self._restart_hook = restart or _terminate_this_process
+        self._restart_hook = restart
         self._resources = contextlib.ExitStack()
         self._lock: store.WriterLock | None = None
         self._client: publication.PublisherClient | None = None
@@ -161,7 +151,7 @@ class Mirror:
         listener.start()
         self._resources.callback(listener.stop)
         self._status = {'pid': os.getpid(), 'host': self.host,
-                        'mode': 'mirror', 'started_at': _now(),
+                        'mode': 'mirror', 'started_at': store.timestamp(),
                         'publisher_topic': self._client.topic}
         LOG.info('Mirroring the publisher on topic %s into %s, from '
                  'generation %d', self._client.topic, self.states.state_dir,
@@ -266,7 +256,7 @@ class Mirror:
         generation, digest, host = self._client.current_generation()
         self._progress()
         self._publisher = {'host': host, 'generation': generation,
-                           'digest': digest, 'checked_at': _now()}
+                           'digest': digest, 'checked_at': store.timestamp()}
         own = self._current.generation
         if generation < own:
             raise exceptions.ClusterError(
@@ -376,16 +366,8 @@ class Mirror:
             'generation': self._current.generation,
             'digest': self._digest,
             'publisher': self._publisher,
-            'last_sync_at': _now(),
+            'last_sync_at': store.timestamp(),
             'error': self._error,
             'warnings': [],
         })
-        try:
-            self.states.write_status(self._status)
-        except OSError as exc:
-            LOG.error('Cannot write %s: %s', self.states.status_path, exc)
-
-
-def _terminate_this_process(reason: str) -> None:
-    # oslo.service's master starts a new worker, which takes the lock again.
-    os.kill(os.getpid(), signal.SIGTERM)
+        self.states.record_status(self._status)

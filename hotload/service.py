@@ -7,6 +7,7 @@ configuration.
 """
 
 import os
+import signal
 import sys
 import threading
 
@@ -43,9 +44,9 @@ class DaemonService(service_base.ServiceBase):
 
     def start(self) -> None:
         if self.conf.hotload.mode == 'mirror':
-            self.daemon = Mirror(self.conf)
+            self.daemon = Mirror(self.conf, restart=restart_worker)
         else:
-            self.daemon = Daemon(self.conf)
+            self.daemon = Daemon(self.conf, restart=restart_worker)
         self.daemon.start()
 
     def stop(self, graceful: bool = False) -> None:
@@ -61,6 +62,16 @@ class DaemonService(service_base.ServiceBase):
         # restarts the worker instead of calling this.
         if self.daemon:
             self.daemon.rescan()
+
+
+def restart_worker(reason: str) -> None:
+    """Replace this worker process: it sends itself SIGTERM, stops in
+    order, and oslo.service's master starts a new one (new watches, the
+    state directory's lock taken again).
+
+    :param reason: Why; the daemon has logged it.
+    """
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def startup_problem(conf: cfg.ConfigOpts) -> str | None:

@@ -49,6 +49,24 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_HEX_DIGITS = frozenset('0123456789abcdef')
+
+
+def is_sha256(value: object) -> bool:
+    """True for a sha256 as the store names blobs: 64 lowercase hex digits.
+
+    Names from a manifest or a serialized action were written by another
+    process; only these can never name a path outside the blob store.
+    """
+    return (isinstance(value, str) and len(value) == 64
+            and set(value) <= _HEX_DIGITS)
+
+
+def timestamp() -> str:
+    """Local time as the status files record it."""
+    return time.strftime('%Y-%m-%dT%H:%M:%S%z')
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -194,8 +212,7 @@ class BlobStore:
         """
         import stat  # only here: the one user in this module
 
-        if not (isinstance(sha256, str) and len(sha256) == 64
-                and set(sha256) <= set('0123456789abcdef')):
+        if not is_sha256(sha256):
             raise exceptions.BlobError(
                 f'{sha256!r:.100} is not a blob name (64 lowercase hex '
                 f'digits)')
@@ -380,6 +397,17 @@ class ManifestStore:
             finally:
                 os.close(fd)
 
+    def record_status(self, status: dict) -> None:
+        """:meth:`write_status`, logging a failure instead of raising: a
+        status that cannot be written must not stop the writer's work.
+
+        :param status: What to record; must be JSON-serialisable.
+        """
+        try:
+            self.write_status(status)
+        except OSError as exc:
+            LOG.error('Cannot write %s: %s', self.status_path, exc)
+
     def load_status(self) -> dict:
         """What the daemon last wrote about itself ({} if nothing)."""
         for _attempt in range(3):
@@ -486,7 +514,10 @@ class ManifestStore:
             return previous
         self.prune(max(keep - 1, 1), also=candidate)
         self.publish(candidate)
-        self.prune(keep)
+        if keep == 1:
+            # The prune above kept the served generation, whose blobs must
+            # stay until the new one is published.
+            self.prune(keep)
         return candidate
 
     def prune(self, keep: int,

@@ -11,7 +11,6 @@ by an action, or was used in the last :data:`HOLD_GRACE` seconds.
 import collections
 import dataclasses
 import importlib
-import re
 import sys
 import threading
 import time
@@ -32,16 +31,11 @@ MAX_ERRORS = 10
 HOLD_GRACE = 60.0
 #: Longest action name a reference may carry (Mistral stores 255).
 MAX_NAME = 255
-_SHA256 = re.compile(r'[0-9a-f]{64}')
 
 
 def _is_dotted_name(value: Any) -> bool:
     return isinstance(value, str) and all(
         trust.is_identifier(part) for part in value.split('.'))
-
-
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +112,7 @@ class ActionRef:
             raise exceptions.InvalidReferenceError(
                 f'name {name!r:.80} is not an action name')
         for key in ('sha256', 'content_key'):
-            if not _is_sha256(data[key]):
+            if not store.is_sha256(data[key]):
                 raise exceptions.InvalidReferenceError(
                     f'{key} {data[key]!r:.80} is not 64 lowercase hex '
                     f'digits')
@@ -137,7 +131,7 @@ class ActionRef:
                 'imports is not an object')
         for module, sha in imports.items():
             if not _is_dotted_name(module) or not (
-                    sha is None or _is_sha256(sha)):
+                    sha is None or store.is_sha256(sha)):
                 raise exceptions.InvalidReferenceError(
                     f'import {module!r:.80}: {sha!r:.80} is not a dotted '
                     f'module name with 64 lowercase hex digits or null')
@@ -201,13 +195,18 @@ class VersionCache:
         mount = MOUNT_PREFIX + ref.content_key
         with self._lock:
             self._touched[mount] = time.monotonic()
-            if mount not in self._importers:
+            mounting = mount not in self._importers
+            if mounting:
                 self._importers[mount] = loader.TreeImporter(
                     ref.package_name, self.root,
                     loader.version_sources(ref.module, ref.sha256,
                                            ref.imports, ref.packages),
                     self.blobs.get, mount_name=mount)
-        self._sweep(spare=mount)
+        if mounting:
+            # Only a new mount adds to what is loaded; a lookup of a loaded
+            # version (every instantiate, every action an executor gets)
+            # must not walk every mount.
+            self._sweep(spare=mount)
         try:
             module = importlib.import_module(f'{mount}.{ref.module}')
             return getattr(module, ref.class_name)
