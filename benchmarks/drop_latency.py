@@ -21,20 +21,24 @@ Needs RabbitMQ and PostgreSQL (tools/ensure-services).
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP / 'tools'))
 
 import mistral_harness  # noqa: E402
+from common import close_file  # noqa: E402
+from common import listed  # noqa: E402
+from common import print_table  # noqa: E402
+from common import start_daemon  # noqa: E402
+from common import stop_daemon  # noqa: E402
+from common import wait_for  # noqa: E402
+from common import write_results  # noqa: E402
 
 MODULE = '''
 from mistral_lib import actions
@@ -57,29 +61,6 @@ bench_{index}:
 '''
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (no interpolation, exact for the table)."""
-    ordered = sorted(values)
-    rank = max(1, round(fraction * len(ordered) + 0.5))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def wait_for(predicate, what: str, deadline: float = 60.0):
-    end = time.monotonic() + deadline
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise RuntimeError(f'timed out waiting for {what}')
-
-
-def listed(harness, name: str) -> bool:
-    query = urllib.parse.urlencode({'name': name})
-    actions = harness.request('GET', f'/v2/actions?{query}')['actions']
-    return any(a['name'] == name for a in actions)
-
-
 def run_until_success(harness, workflow: str) -> None:
     while True:
         execution = harness.run_workflow(None, workflow, timeout=60)
@@ -89,14 +70,8 @@ def run_until_success(harness, workflow: str) -> None:
 
 def drop(actions_dir: Path, index: int) -> float:
     """Write module ``index``; the time it was closed in the directory."""
-    final = actions_dir / f'bench{index:03d}.py'
-    with tempfile.NamedTemporaryFile(
-            'w', dir=actions_dir, prefix='.bench', suffix='.tmp',
-            delete=False) as stream:
-        stream.write(MODULE.format(index=index))
-    os.chmod(stream.name, 0o644)
-    os.rename(stream.name, final)
-    return time.monotonic()
+    return close_file(actions_dir, f'bench{index:03d}.py',
+                      MODULE.format(index=index))
 
 
 def measure_drops(harness, actions_dir: Path, prefix: str, drops: int):
@@ -161,12 +136,8 @@ def main() -> int:
     daemon = None
     with harness:
         try:
-            with open(workdir / 'daemon.log', 'ab') as log:
-                daemon = subprocess.Popen(
-                    [str(harness.bin_dir / 'mistral-hotload-daemon'),
-                     '--config-file', str(harness.config_file)],
-                    stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True)
+            daemon = start_daemon(harness, harness.config_file,
+                                  workdir / 'daemon.log')
             status = workdir / 'state' / 'daemon.json'
             wait_for(status.exists, 'the daemon\'s first scan')
             print(f'Dropping {args.drops} modules ...', flush=True)
@@ -180,33 +151,18 @@ def main() -> int:
             restart_ms = measure_restarts(harness, args.restarts)
         finally:
             if daemon is not None:
-                os.killpg(daemon.pid, 15)
-                daemon.wait(timeout=30)
+                stop_daemon(daemon)
 
     rows = [('file closed -> listed by GET /v2/actions', listed_ms),
             ('file closed -> workflow SUCCESS', runnable_ms),
             ('std.noop workflow alone (baseline)', noop_ms),
             ('restart engine+executor -> workflow SUCCESS', restart_ms)]
-    results = {}
-    print()
-    print(f'{"measure":45s} {"n":>3s} {"p50 ms":>9s} {"p95 ms":>9s} '
-          f'{"max ms":>9s}')
-    for label, values in rows:
-        p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
-        print(f'{label:45s} {len(values):3d} {p50:9.1f} {p95:9.1f} '
-              f'{max(values):9.1f}')
-        results[label] = {'n': len(values), 'p50_ms': round(p50, 1),
-                          'p95_ms': round(p95, 1),
-                          'max_ms': round(max(values), 1),
-                          'samples_ms': [round(v, 1) for v in values]}
+    results = print_table(rows)
     ratio = statistics.median(restart_ms) / statistics.median(runnable_ms)
     print(f'\nA restart takes {ratio:.0f}x the drop-to-runnable median.')
     results['restart_over_runnable_median'] = round(ratio, 1)
     results['targets'] = {'listed_p50_ms': 150, 'listed_p95_ms': 500}
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=1))
-    print(f'Results written to {output}')
+    write_results(args.output, results)
     return 0
 
 

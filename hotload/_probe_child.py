@@ -3,17 +3,20 @@
 This module runs only in the probe's child processes (forked from a
 forkserver that preloaded it, so mistral-lib is imported once, not once per
 file). Nothing here runs in the daemon. Results go back as plain data.
+
+This is the worker's flow: limits, the import, its side effects, the
+result. What the module exports is read by :mod:`hotload._probe_exports`,
+its in-tree imports (closure, cycles) by :mod:`hotload._probe_imports`.
 """
 
-import ast
 import contextlib
 import faulthandler
 import importlib
 import importlib.machinery
-import inspect
 import io
 import json
 import os
+import pickle
 import resource
 import signal
 import sys
@@ -21,10 +24,9 @@ import tokenize
 import traceback
 from typing import Any
 
-from mistral_lib import actions as ml_actions
-from mistral_lib.utils import inspect_utils
-
 from hotload import _probe_effects
+from hotload import _probe_exports
+from hotload import _probe_imports
 from hotload import loader
 
 TRACEBACK_LIMIT = 4000
@@ -33,6 +35,8 @@ PARENT_MAIN_ENV = 'HOTLOAD_PROBE_PARENT_MAIN'
 IN_FORKSERVER = False
 #: The process that imports the module; set by run().
 _worker_pid = None
+#: The request's sources as SourceRefs; see use_sources().
+_refs = None
 # Bound now: the module may replace json.dumps or builtins.open at import
 # (that is reported), and the report must still get out.
 _dumps = json.dumps
@@ -160,195 +164,6 @@ def _source_problem(source: bytes, path: str) -> dict[str, Any] | None:
     return None
 
 
-def _class_lines(tree: ast.Module) -> dict[str, int]:
-    lines: dict[str, int] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef):
-            lines.setdefault(node.name, node.lineno)
-    return lines
-
-
-def _description(cls: type) -> str:
-    """First paragraph of the class's own docstring, on one line."""
-    doc = cls.__dict__.get('__doc__')
-    if not isinstance(doc, str):
-        return ''
-    summary = []
-    for line in inspect.cleandoc(doc).splitlines():
-        # A summary ends at a blank line or where the reST fields begin
-        # (":param x:" right under the summary, as the seed wrote them).
-        if not line.strip() or line.lstrip().startswith(':'):
-            break
-        summary.append(line.strip())
-    return ' '.join(summary)
-
-
-def _input_spec(cls: type) -> str:
-    if cls.__init__ is object.__init__:
-        return ''
-    return inspect_utils.get_arg_list_as_str(cls.__init__)
-
-
-def _non_json_default(cls: type) -> str | None:
-    """Why a default of ``cls.__init__`` cannot be action input, or None.
-
-    The spec string drops such a default, Mistral then rejects the
-    parameter, and the executor cannot serialize the action.
-    """
-    if cls.__init__ is object.__init__:
-        return None
-    try:
-        parameters = inspect.signature(cls.__init__).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    for parameter in parameters:
-        if parameter.default is parameter.empty:
-            continue
-        try:
-            _dumps(parameter.default)
-        except Exception:  # noqa: BLE001 - whatever it is, it is not JSON
-            try:
-                shown = repr(parameter.default)[:80]
-            except Exception:  # noqa: BLE001 - a broken __repr__
-                shown = type(parameter.default).__name__
-            return (f'default of parameter {parameter.name!r} ({shown}) is '
-                    'not JSON; Mistral passes action input as JSON')
-    return None
-
-
-def _abstract_methods(cls: type) -> list[str]:
-    return sorted(name for name in dir(cls)
-                  if getattr(getattr(cls, name, None),
-                             '__isabstractmethod__', False))
-
-
-def _exports(module, module_path: str, tree: ast.Module):
-    """(exports, error) for the classes defined in ``module``."""
-    lines = _class_lines(tree)
-    exports = []
-    seen = set()
-    for obj in list(vars(module).values()):
-        if (not isinstance(obj, type) or obj.__module__ != module.__name__
-                or obj in seen):
-            continue
-        seen.add(obj)
-        name = obj.__name__
-        explicit = obj.__dict__.get('__export__')
-        is_action = issubclass(obj, ml_actions.Action)
-        if name.startswith('_') or explicit is False:
-            continue
-        if not is_action and explicit is not True:
-            continue
-        line = lines.get(name)
-        if not callable(getattr(obj, 'run', None)):
-            return None, _error(
-                'export', f'class {name} sets __export__ = True but has no '
-                'run() method', module_path, line)
-        abstract = _abstract_methods(obj)
-        if abstract:
-            return None, _error(
-                'export', f'class {name} is abstract: it does not implement '
-                f'{", ".join(m + "()" for m in abstract)}; implement it, or '
-                f'mark a base class __export__ = False or name it _{name}',
-                module_path, line)
-        declared = obj.__dict__.get('__action_name__')
-        if declared is not None and (not isinstance(declared, str)
-                                     or not declared.strip()):
-            return None, _error(
-                'export', f'class {name}: __action_name__ must be a '
-                'non-empty string', module_path, line)
-        try:
-            spec = _input_spec(obj)
-        except (TypeError, ValueError) as exc:
-            return None, _error(
-                'export', f'class {name}: cannot read the parameters of '
-                f'__init__: {exc}', module_path, line)
-        problem = _non_json_default(obj)
-        if problem:
-            return None, _error('export', f'class {name}: {problem}',
-                                module_path, line)
-        exports.append({'class_name': name, 'declared_name': declared,
-                        'input': spec, 'description': _description(obj),
-                        'line': line or 0})
-    return sorted(exports, key=lambda e: e['line']), None
-
-
-def _import_targets(module: str, is_package: bool, package_name: str,
-                    node: ast.AST) -> list[str]:
-    """In-tree module names an import statement may refer to."""
-    targets = []
-    if isinstance(node, ast.Import):
-        for alias in node.names:
-            if alias.name == package_name or alias.name.startswith(
-                    package_name + '.'):
-                targets.append(alias.name[len(package_name) + 1:])
-        return [t for t in targets if t]
-    if not isinstance(node, ast.ImportFrom):
-        return targets
-    if node.level:
-        parts = module.split('.') if module else []
-        if not is_package:
-            parts = parts[:-1]
-        if node.level - 1 > len(parts):
-            return targets
-        parts = parts[:len(parts) - (node.level - 1)]
-        base = '.'.join(parts + ([node.module] if node.module else []))
-    elif node.module and (node.module == package_name
-                          or node.module.startswith(package_name + '.')):
-        base = node.module[len(package_name) + 1:]
-    else:
-        return targets
-    if base:
-        targets.append(base)
-    for alias in node.names:
-        targets.append(f'{base}.{alias.name}' if base else alias.name)
-    return targets
-
-
-def _static_imports(module: str, ref: loader.SourceRef, tree: ast.Module,
-                    package_name: str) -> list[tuple[str, int, bool]]:
-    """(target, line, at module level) for each in-tree import in ``tree``."""
-    found = []
-
-    def visit(node: ast.AST, top_level: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.Import, ast.ImportFrom)):
-                for target in _import_targets(module, ref.is_package,
-                                              package_name, child):
-                    found.append((target, child.lineno, top_level))
-            nested = not isinstance(child, (ast.FunctionDef,
-                                            ast.AsyncFunctionDef, ast.Lambda))
-            visit(child, top_level and nested)
-
-    visit(tree, True)
-    return found
-
-
-def _find_cycle(start: str, edges: dict[str, list[tuple[str, int]]]):
-    """A module-level import cycle reachable from ``start``, or None."""
-    stack: list[tuple[str, int]] = []
-    on_stack: set[str] = set()
-    done: set[str] = set()
-
-    def visit(name: str, line: int):
-        stack.append((name, line))
-        on_stack.add(name)
-        for target, target_line in edges.get(name, []):
-            if target in on_stack:
-                names = [n for n, _ in stack]
-                return stack[names.index(target):] + [(target, target_line)]
-            if target not in done:
-                cycle = visit(target, target_line)
-                if cycle:
-                    return cycle
-        stack.pop()
-        on_stack.discard(name)
-        done.add(name)
-        return None
-
-    return visit(start, 0)
-
-
 def _cycle_error(cycle, sources, module: str) -> dict[str, Any]:
     chain = ' -> '.join(name for name, _ in cycle)
     first, _ = cycle[0]
@@ -362,52 +177,32 @@ def _cycle_error(cycle, sources, module: str) -> dict[str, Any]:
                   'both import, or import inside a function', where, line)
 
 
-def _tree_facts(importer: loader.TreeImporter, package_name: str):
-    """In-tree imports (closure) and module-level import edges.
+def use_sources(encoded: bytes) -> None:
+    """Decode the snapshot of the tree the next probes import from.
 
-    Starts from the modules the import loaded and follows every import
-    statement found in their sources, also those inside functions that
-    did not run yet, and theirs in turn: all of them are pinned in the
-    content key, so the executor can load them at the version validated.
-    Only module-level statements make edges for the cycle check: an import
-    inside a function is how Python code breaks a cycle.
+    Called by the guard, once per snapshot: every worker it forks then
+    finds the SourceRefs built (a thousand of them took 2 ms a probe).
+    Unpickling is safe here: the daemon wrote it, for this process.
+
+    :param encoded: The pickled source map (see ``hotload.probe``).
     """
-    imports: dict[str, str | None] = dict(importer.requested)
-    edges: dict[str, list[tuple[str, int]]] = {}
-    pending = [name for name, sha in imports.items() if sha]
-    parsed = set()
-    while pending:
-        name = pending.pop()
-        if name in parsed:
-            continue
-        parsed.add(name)
-        ref = importer.sources[name]
-        try:
-            tree = ast.parse(importer.read_source(ref.sha256))
-        except (SyntaxError, ValueError):
-            continue
-        for target, line, top_level in _static_imports(name, ref, tree,
-                                                       package_name):
-            target_ref = importer.sources.get(target)
-            if target_ref is None or target_ref.sha256 is None:
-                continue
-            if target not in imports:
-                imports[target] = target_ref.sha256
-                pending.append(target)
-            # Importing a submodule of one's own package while it
-            # initialises is ordinary Python, not a cycle.
-            if top_level and target != name and \
-                    not name.startswith(target + '.'):
-                edges.setdefault(name, []).append((target, line))
-    return imports, edges
+    global _refs
+    decoded = pickle.loads(encoded)  # noqa: S301 - see above
+    _refs = {name: loader.SourceRef(*ref) for name, ref in decoded.items()}
+
+
+def _source_refs(request: dict[str, Any]) -> dict[str, loader.SourceRef]:
+    """The snapshot of the tree (see :func:`use_sources`)."""
+    if _refs is None:
+        use_sources(request['sources'])
+    return _refs
 
 
 def _probe(request: dict[str, Any]) -> dict[str, Any]:
     root = request['root']
     package_name = request['package_name']
     module = request['module']
-    sources = {name: loader.SourceRef(*ref)
-               for name, ref in request['sources'].items()}
+    sources = _source_refs(request)
     ref = sources[module]
     blob_dir = request['blob_dir']
 
@@ -420,7 +215,8 @@ def _probe(request: dict[str, Any]) -> dict[str, Any]:
     if problem:
         return {'error': problem, 'imports': {}}
     try:
-        tree = ast.parse(source, filename=os.path.join(root, ref.path))
+        tree = _probe_imports.parse(ref.sha256, read_source,
+                                    os.path.join(root, ref.path))
     except SyntaxError as exc:
         return {'error': _describe_exception(
             root, exc, request['memory_limit'], ref.path), 'imports': {}}
@@ -443,18 +239,19 @@ def _probe(request: dict[str, Any]) -> dict[str, Any]:
         changes = snapshot.changes()
     except BaseException as exc:  # noqa: BLE001 - any failure is the report
         os._exit = real_exit
-        imports, _ = _tree_facts(importer, package_name)
+        imports, _ = _probe_imports.closure(importer, package_name)
         return {'error': _describe_exception(
             root, exc, request['memory_limit'], ref.path), 'imports': imports,
             'started': recorder.processes}
     finally:
         os._exit = real_exit
         recorder.uninstall()
-    imports, edges = _tree_facts(importer, package_name)
+    imports, edges = _probe_imports.closure(importer, package_name)
     imports.pop(module, None)
     facts = {'imports': imports, 'started': recorder.processes}
     if changes:
-        trees = [(ref.path, tree)] + _trees(importer, imports)
+        trees = [(ref.path, tree)] + _probe_imports.loaded_trees(importer,
+                                                                 imports)
         path, line = _probe_effects.locate(changes, trees)
         return {**facts, 'error': _error(
             'side-effect', _probe_effects.describe(changes),
@@ -465,24 +262,11 @@ def _probe(request: dict[str, Any]) -> dict[str, Any]:
         return {**facts, 'error': _error(
             'thread', _probe_effects.describe_thread(thread),
             path or ref.path, line)}
-    cycle = _find_cycle(module, edges)
+    cycle = _probe_imports.find_cycle(module, edges)
     if cycle:
         return {**facts, 'error': _cycle_error(cycle, sources, module)}
-    exports, error = _exports(imported, ref.path, tree)
+    exports, error = _probe_exports.exports(imported, ref.path, tree)
     return {**facts, 'error': error, 'exports': exports}
-
-
-def _trees(importer: loader.TreeImporter, imports: dict[str, str | None]
-           ) -> list[tuple[str, ast.Module]]:
-    """(path, syntax tree) of the in-tree modules the import loaded."""
-    trees = []
-    for name, sha in imports.items():
-        if not sha or name not in importer.requested:
-            continue
-        with contextlib.suppress(SyntaxError, ValueError, OSError):
-            trees.append((importer.sources[name].path,
-                          ast.parse(importer.read_source(sha))))
-    return trees
 
 
 def _write_result(path: str, result: dict[str, Any]) -> None:
@@ -501,17 +285,21 @@ def _write_result(path: str, result: dict[str, Any]) -> None:
 def _own_static_imports(request: dict[str, Any]) -> dict[str, str | None]:
     """In-tree modules the module's own source names, with their hashes."""
     module = request['module']
-    sources = {name: loader.SourceRef(*ref)
-               for name, ref in request['sources'].items()}
+    sources = _source_refs(request)
     ref = sources[module]
-    path = os.path.join(request['blob_dir'], ref.sha256[:2], ref.sha256)
+    blob_dir = request['blob_dir']
+
+    def read_source(sha: str) -> bytes:
+        with open(os.path.join(blob_dir, sha[:2], sha), 'rb') as stream:
+            return stream.read()
+
     try:
-        with open(path, 'rb') as stream:
-            tree = ast.parse(stream.read())
+        tree = _probe_imports.parse(ref.sha256, read_source,
+                      os.path.join(request['root'], ref.path))
     except (SyntaxError, ValueError, OSError):
         return {}
     imports = {}
-    for target, _line, _top in _static_imports(
+    for target, _line, _top in _probe_imports.static_imports(
             module, ref, tree, request['package_name']):
         if target in sources and sources[target].sha256:
             imports[target] = sources[target].sha256
@@ -544,7 +332,8 @@ def run(request: dict[str, Any]) -> None:
     # instead of the process dying of SIGXFSZ.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     _write_result(request['result_path'],
-                  {'partial': True, 'imports': _own_static_imports(request)})
+                  {'partial': True,
+                   'imports': _own_static_imports(request)})
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     output = os.open(request['output_path'], os.O_WRONLY | os.O_APPEND)
@@ -560,7 +349,8 @@ def run(request: dict[str, Any]) -> None:
     except MemoryError:
         result = {'error': _error(
             'memory', 'allocated more than the probe memory limit at import',
-            request['sources'][request['module']][0], None), 'imports': {}}
+            _source_refs(request)[request['module']].path, None),
+            'imports': {}}
     with contextlib.suppress(OSError):
         sys.stdout.flush()
         sys.stderr.flush()

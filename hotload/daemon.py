@@ -2,7 +2,9 @@
 
 The daemon owns the state directory (one writer, under a lock). At start it
 scans the whole actions directory; afterwards every burst of file system
-changes triggers an incremental scan. A scan that changes the table is
+changes triggers an incremental scan: only the paths the events name are
+read again, and only the modules whose content (or imports) changed are
+probed. A scan that changes the table is
 published as the next generation and announced over oslo.messaging when a
 transport is configured. Without one the daemon runs embedded: providers
 on the node notice new generations by themselves.
@@ -15,10 +17,15 @@ thread or a replaced actions directory (a new worker process), a state
 directory removed under it (its lock taken again, the table republished
 above every generation it published). Liveness, for systemd's watchdog,
 is progress: a loop turn, a file hashed, a probe finished.
+
+In a cluster (a ``cluster_key`` and a transport) it also serves mirrors
+(:mod:`hotload.publication`), answers status requests and, when a mirror
+serves a generation above its own (the publisher moved), publishes its
+table again above that one (:mod:`hotload.cluster`,
+:meth:`Daemon.continue_above`).
 """
 
 import contextlib
-import dataclasses
 import errno
 import os
 import sys
@@ -29,6 +36,7 @@ from collections.abc import Callable
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from hotload import cluster
 from hotload import conf as hotload_conf
 from hotload import exceptions
 from hotload import manifest as manifest_mod
@@ -38,6 +46,7 @@ from hotload import publication
 from hotload import scanner as scanner_mod
 from hotload import signals
 from hotload import store
+from hotload import tree as tree_mod
 from hotload import trust
 from hotload import watcher
 
@@ -57,6 +66,12 @@ PROGRESS_MARGIN = 5.0
 #: the scanner itself refuses trees deeper than ``max_depth``.
 RECURSION_LIMIT = 10_000
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+#: Scan reasons after which the events cannot be trusted to name every
+#: change, so the whole tree is walked: lost events (inotify overflow),
+#: a state directory restored (its blobs are gone, and the watches were
+#: set up again), and the periodic safety net (for whatever no event
+#: announced at all).
+WALK_ALL_REASONS = frozenset({'events lost', 'state', 'safety'})
 
 
 class Daemon:
@@ -86,6 +101,12 @@ class Daemon:
         self._publisher = None
         #: Serves mirrors (mode = publisher with a cluster_key), or None.
         self._publication: publication.Publication | None = None
+        #: Answers status requests, checks that no mirror is ahead.
+        self._presence: cluster.PublisherPresence | None = None
+        #: A mirror serves this generation: the next publish goes above
+        #: it, even with an unchanged table (continue_above).
+        self._lift_above = 0
+        self._lift_lock = threading.Lock()
         self._changed = threading.Event()
         self._stopping = threading.Event()
         #: Set by stop(): the scan in progress gives up, publishing nothing.
@@ -109,6 +130,13 @@ class Daemon:
         self._previous_excepthook = None
         self._control_error: str | None = None
         self._unstable = scanner_mod.UnstableFiles()
+        #: What the last walk learned; kept so that a changed file costs
+        #: one file, not the tree.
+        self._tree = tree_mod.TreeState(self.root)
+        #: Paths (relative to root) the events named since the last scan
+        #: took them; the watcher's thread adds, the scan takes.
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
         # Liveness is progress: a loop turn, a file hashed, a probe ended.
         # The longest silence of a healthy daemon is a loop interval or
         # one probe that runs into its timeout (probes run in parallel, so
@@ -139,6 +167,13 @@ class Daemon:
                 self.conf, self.states)
             if self._publication:
                 self._resources.callback(self._publication.close)
+            self._presence = cluster.start_presence(
+                self.conf, self._publication, self.states,
+                scan_error=lambda: self._status.get('error'),
+                continue_above=self.continue_above,
+                on_rival=self._changed.set)
+            if self._presence:
+                self._resources.callback(self._presence.stop)
         else:
             LOG.info('No transport_url configured: running embedded; '
                      'providers on this node notice new generations '
@@ -153,7 +188,7 @@ class Daemon:
         self._root_inode = os.stat(self.root).st_ino
         self._rescan_seen = self.states.rescan_requested()
         self._current = self._stored_generation()
-        self._floor = max([self._current.generation,
+        self._floor = max([self._floor, self._current.generation,
                            *self.states.generation_numbers()])
         try:
             current = self.rescan()
@@ -212,8 +247,28 @@ class Daemon:
         self._previous_excepthook = previous
         threading.excepthook = hook
 
+    def continue_above(self, generation: int) -> None:
+        """Publish the table again above ``generation``, changed or not.
+
+        A mirror serves ``generation`` (this publisher moved to another
+        node or state directory): it refuses every generation of ours
+        until one is above it. Called from another thread; the scanning
+        loop publishes.
+
+        :param generation: The generation the next one must be above.
+        """
+        with self._lift_lock:
+            self._lift_above = max(self._lift_above, generation)
+        self._changed.set()
+
     def _on_changes(self, changes) -> None:
-        LOG.debug('%d file system events', len(changes))
+        paths = watcher.changed_paths(changes, self.root)
+        LOG.debug('%d file system events, %d paths of the tree',
+                  len(changes), len(paths))
+        # Events in control/ and the state directory name no tree path:
+        # they only wake the loop, which reads them itself.
+        with self._dirty_lock:
+            self._dirty |= paths
         self._changed.set()
 
     def _on_overflow(self) -> None:
@@ -254,7 +309,8 @@ class Daemon:
             full = requested != self._rescan_seen
             self._rescan_seen = requested
             try:
-                current = self.rescan(probe_all=full)
+                current = self.rescan(
+                    probe_all=full, walk_all=reason in WALK_ALL_REASONS)
             except exceptions.ScanCancelled:
                 return
             except Exception as exc:
@@ -371,7 +427,7 @@ class Daemon:
         if current is None:
             return 'actions directory refused; see the log'
         return (f'generation {current.generation}: '
-                f'{len(current.actions())} actions, '
+                f'{current.action_count()} actions, '
                 f'{len(current.errors())} file errors')
 
     def _stored_generation(self) -> manifest_mod.Manifest:
@@ -399,33 +455,14 @@ class Daemon:
         self._control_error = None
         return disabled
 
-    def _lost_versions_dropped(
-            self, modules: dict[str, manifest_mod.ModuleRecord]
-    ) -> dict[str, manifest_mod.ModuleRecord]:
-        """Records whose served version's blobs are gone, without it.
-
-        After the state directory was removed, the scan stored every file
-        again, but a module whose current file is broken was serving a
-        version whose source is lost: it can no longer be served.
-        """
-        kept = {}
-        for name, record in modules.items():
-            good = record.good
-            shas = [good.sha256, *good.imports.values()] if good else []
-            if all(os.path.exists(self.states.blobs.path(sha))
-                   for sha in shas if sha):
-                kept[name] = record
-                continue
-            LOG.error('%s: its last good version was lost with the state '
-                      'directory; no longer served', record.path)
-            kept[name] = dataclasses.replace(record, good=None)
-        return kept
-
-    def rescan(self, probe_all: bool = False
+    def rescan(self, probe_all: bool = False, walk_all: bool = True
                ) -> manifest_mod.Manifest | None:
         """Scan, publish a new generation if the table changed, signal.
 
-        :param probe_all: Probe every module, not only changed ones.
+        :param probe_all: Probe every module, not only changed ones (and
+            walk the whole tree).
+        :param walk_all: Walk the whole tree; otherwise only the paths
+            the watcher named since the last scan are read again.
         :raises ScanCancelled: when :meth:`stop` interrupted it.
         """
         if probe_all:
@@ -444,24 +481,50 @@ class Daemon:
                 options.package_name, options.action_prefix,
                 options.reserved_prefixes, options.probe_workers,
                 max_depth=options.max_depth, on_progress=self._progress,
-                cancelled=self._cancelled, unstable=self._unstable)
+                cancelled=self._cancelled, unstable=self._unstable,
+                tree=self._tree)
             self._last_scan = time.monotonic()
+            # Taken now: what the events name from here on is for the
+            # next scan (their change may come after this walk read it).
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, set()
+            changed = None if walk_all or probe_all or self._restore \
+                else dirty
             try:
-                result = scanner.scan(previous, probe_all=probe_all)
+                result = scanner.scan(previous, probe_all=probe_all,
+                                      changed=changed)
             except exceptions.UntrustedRootError as exc:
+                self._keep_dirty(dirty)
                 LOG.error('%s; still serving generation %d', exc,
                           previous.generation)
                 self._write_status(previous, error=str(exc))
                 return None
+            except BaseException:
+                # Judged again by the retry: reading a path twice is
+                # harmless, forgetting one is a missed change.
+                self._keep_dirty(dirty)
+                raise
+            LOG.debug('%s walk, %d paths named by events', 'Full'
+                      if changed is None else 'Incremental', len(dirty))
             restore = self._restore
-            modules = self._lost_versions_dropped(result.modules) \
+            modules = self.states.without_lost_versions(result.modules) \
                 if restore else result.modules
+            lift = self._lift_above
+            # Equal counts too: a mirror with our number and other bytes.
+            lifting = bool(lift) and lift >= previous.generation
             current = self.states.commit(
                 previous, modules, options.package_name,
                 options.action_prefix, options.keep_generations,
-                disabled=self._disabled(previous), floor=self._floor,
-                force=restore)
+                disabled=self._disabled(previous),
+                floor=max(self._floor, lift), force=restore or lifting,
+                # Listing the whole blob store goes with walking the
+                # whole tree, not with every change.
+                full=changed is None)
             self._restore = False
+            with self._lift_lock:
+                # A higher one may have come during the scan: kept.
+                if self._lift_above <= current.generation:
+                    self._lift_above = 0
             self._last_reason_published = current is not previous
             self._current = current
             self._floor = max(self._floor, current.generation)
@@ -476,6 +539,10 @@ class Daemon:
         if current is not previous and self._publication:
             self._publication.announce(current)
         return current
+
+    def _keep_dirty(self, dirty: set[str]) -> None:
+        with self._dirty_lock:
+            self._dirty |= dirty
 
     @staticmethod
     def _report(previous, current, result) -> None:
@@ -492,7 +559,7 @@ class Daemon:
             return
         LOG.info('Published generation %d: %d modules, %d actions, '
                  '%d errors (%d probed in %.3f s)', current.generation,
-                 len(current.modules), len(current.actions()),
+                 len(current.modules), current.action_count(),
                  len(current.errors()), len(result.probed), result.duration)
 
     def _write_status(self, current=None, error=None, probed=0,
@@ -505,7 +572,8 @@ class Daemon:
             'last_scan_probed': probed,
             'last_scan_seconds': round(seconds, 3),
             'error': error,
-            'warnings': [self._control_error] if self._control_error
-            else [],
+            'warnings': ([self._control_error] if self._control_error
+                         else [])
+            + (self._presence.rivals() if self._presence else []),
         })
         self.states.record_status(self._status)

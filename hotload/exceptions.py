@@ -63,3 +63,9 @@ class ClusterError(HotloadError):
     (a blob whose content does not match its sha256, a malformed reply);
     the mirror keeps serving what it has.
     """
+
+
+class FetchError(BlobError):
+    """An executor could not fetch a version its node lacks from the
+    publisher (unreachable, unsigned, not served, or a blob not matching
+    its hash); the action fails with this reason."""

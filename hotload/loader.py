@@ -14,6 +14,7 @@ import builtins
 import dataclasses
 import importlib.abc
 import importlib.machinery
+import linecache
 import os
 import sys
 from collections.abc import Callable
@@ -86,11 +87,24 @@ class TreeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         sys.meta_path.insert(0, self)
 
     def uninstall(self) -> None:
+        """Remove the snapshot's finder, modules and traceback lines.
+
+        What a mounted version added to the process goes with it:
+        ``linecache`` keeps the lines of a file name that is no file
+        (:meth:`code_filename`) for ever, as the source of a loader.
+        Another mount of the same module source has the same file name;
+        dropping its lines only costs a read at its next traceback.
+        """
         if self in sys.meta_path:
             sys.meta_path.remove(self)
         for name in [n for n in sys.modules
                      if self.relative_name(n) is not None]:
             del sys.modules[name]
+        if self.mount_name != self.package_name:
+            for ref in self.sources.values():
+                if ref.sha256 is not None:
+                    linecache.cache.pop(self.code_filename(
+                        os.path.join(self.root, ref.path), ref), None)
 
     # importlib.abc.MetaPathFinder
     def find_spec(self, fullname, path=None, target=None):

@@ -2,34 +2,43 @@
 
 A manifest describes one *generation* of the action table. The daemon writes
 it, every Mistral process reads it, and this module is the only place that
-knows its shape. It is stored as one JSON document::
+knows its shape. A generation is stored in two parts:
+
+* the **index**, ``manifest.json``: one small JSON document naming each
+  module's record by the sha256 of its bytes::
 
     {
-      "schema": 1,
+      "schema": 2,
       "generation": 7,
       "created_at": "2026-11-22T01:02:03.456789+00:00",
       "package_name": "hotload_actions",
       "action_prefix": "hotload",
       "disabled": [],
-      "modules": {
-        "cinder.backups": {
-          "path": "cinder/backups.py",
-          "good": {
-            "sha256": "<hex>",
-            "imports": {"common": "<hex>"},
-            "content_key": "<hex>",
-            "packages": [],
-            "actions": [
-              {"name": "hotload.cinder.backups.create",
-               "class_name": "Create", "declared_name": null,
-               "input": "volume_id, backup_name, incremental=true",
-               "description": "Creates a volume backup.", "line": 12}
-            ]
-          },
-          "error": null
-        }
-      }
+      "modules": {"cinder.backups": "<sha256 of the record>", ...}
     }
+
+* the **records**, one immutable blob per module version in the blob store
+  (beside the module sources), named by their sha256::
+
+    {"name": "cinder.backups", "path": "cinder/backups.py",
+     "good": {"sha256": "<hex>", "imports": {"common": "<hex>"},
+              "content_key": "<hex>", "packages": [],
+              "actions": [{"name": "hotload.cinder.backups.create",
+                           "class_name": "Create", "declared_name": null,
+                           "input": "volume_id, incremental=true",
+                           "description": "Creates a volume backup.",
+                           "line": 12}]},
+     "error": null}
+
+Why two parts: a change of one module makes one new record and an index
+whose other entries are unchanged hashes, so the daemon writes, a mirror
+copies and a provider parses about what changed, not the whole table (a
+provider keeps the records it holds by their sha256 and reads only the new
+ones). The index is signed and compared across nodes; each record is
+checked against the sha256 the index names before it is used, so the index
+alone decides what a node serves, and a reader never sees a torn
+generation: the index is replaced atomically, and every record it names was
+stored before it.
 
 ``modules`` maps a module's dotted name *inside* the package (``common``,
 ``cinder``, ``cinder.backups``) to its record. ``good`` is the last version
@@ -40,19 +49,22 @@ or referred to, with the sha256 it saw (null: tried but absent); with the
 module's own hash they make the ``content_key`` that names exactly the code
 an executor must run.
 
-Schema changes bump ``SCHEMA_VERSION``; a reader refuses a manifest newer
-than itself rather than guessing.
+Schema changes bump ``SCHEMA_VERSION``; a reader refuses a manifest of
+another schema rather than guessing (schema 1 held every record inline).
 """
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 from hotload import exceptions
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,8 +160,82 @@ class ModuleRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class Index:
+    """What ``manifest.json`` holds: a generation, its records by sha256.
+
+    :param generation: Monotonically increasing number, 0 for "nothing
+        published yet".
+    :param created_at: ISO 8601 UTC time the generation was built.
+    :param package_name: Import name the actions directory is mounted as.
+    :param action_prefix: Prefix the action names were built with.
+    :param records: Module name to the sha256 of its record blob.
+    :param disabled: Action names an operator disabled.
+    :param schema: Schema version the document was written with.
+    """
+
+    generation: int
+    created_at: str
+    package_name: str
+    action_prefix: str
+    records: dict[str, str]
+    disabled: tuple[str, ...] = ()
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        document = {
+            'schema': self.schema,
+            'generation': self.generation,
+            'created_at': self.created_at,
+            'package_name': self.package_name,
+            'action_prefix': self.action_prefix,
+            'disabled': list(self.disabled),
+            'modules': dict(sorted(self.records.items())),
+        }
+        return json.dumps(document, indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str = '<manifest>') -> 'Index':
+        """Parse and check a ``manifest.json`` document.
+
+        :param data: The JSON bytes.
+        :param source: Where they came from, for error messages.
+        :raises ManifestError: on invalid JSON, another schema, a missing
+            field or a record named by something that is not a sha256
+            (it would name a path outside the blob store).
+        """
+        try:
+            document = json.loads(data)
+        except ValueError as exc:
+            raise exceptions.ManifestError(
+                f'{source}: not a JSON document: {exc}') from exc
+        schema = document.get('schema') if isinstance(document, dict) else None
+        if schema != SCHEMA_VERSION:
+            raise exceptions.ManifestError(
+                f'{source}: manifest schema {schema!r} is not the supported '
+                f'schema {SCHEMA_VERSION}; run the same mistral-hotload '
+                f'version as the daemon that wrote it')
+        try:
+            index = cls(
+                generation=int(document['generation']),
+                created_at=str(document['created_at']),
+                package_name=str(document['package_name']),
+                action_prefix=str(document['action_prefix']),
+                records=dict(document['modules']),
+                disabled=tuple(str(n) for n in document.get('disabled', ())))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise exceptions.ManifestError(
+                f'{source}: malformed manifest: {exc!r}') from exc
+        for name, sha in index.records.items():
+            if not is_sha256(sha):
+                raise exceptions.ManifestError(
+                    f'{source}: module {name!r:.100} names record '
+                    f'{sha!r:.100}, which is not a sha256')
+        return index
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
-    """One generation of the action table.
+    """One generation of the action table, its records read.
 
     :param generation: Monotonically increasing number, 0 for "nothing
         published yet".
@@ -161,6 +247,11 @@ class Manifest:
         (``mistral-hotload disable``); they stay in their modules' records
         but are not served.
     :param schema: Schema version the document was written with.
+    :param known_shas: Module name to the sha256 of its record, when the
+        caller knows them (read from an index, or kept from the previous
+        generation); computed from ``modules`` otherwise, and always by
+        ``dataclasses.replace``, so a copy with other records never
+        carries stale names.
     """
 
     generation: int
@@ -170,6 +261,16 @@ class Manifest:
     modules: dict[str, ModuleRecord]
     disabled: tuple[str, ...] = ()
     schema: int = SCHEMA_VERSION
+    known_shas: dataclasses.InitVar[dict[str, str] | None] = None
+    #: Module name to the sha256 of its record's bytes.
+    record_shas: dict[str, str] = dataclasses.field(
+        init=False, compare=False, repr=False)
+
+    def __post_init__(self, known_shas: dict[str, str] | None) -> None:
+        if known_shas is None:
+            known_shas = {name: record_sha(record)
+                          for name, record in self.modules.items()}
+        object.__setattr__(self, 'record_shas', known_shas)
 
     @classmethod
     def empty(cls, package_name: str, action_prefix: str) -> 'Manifest':
@@ -187,6 +288,24 @@ class Manifest:
                  for action in module.actions]
         return sorted(found, key=lambda pair: pair[0].name)
 
+    @functools.cached_property
+    def action_owners(self) -> dict[str, str]:
+        """Action name to the module that exports it (served or disabled).
+
+        Computed once per generation; :meth:`build` derives it from the
+        previous generation's, for the records that changed.
+        """
+        return {action.name: name for name, module in self.modules.items()
+                for action in module.actions}
+
+    def action_count(self) -> int:
+        """How many actions are served (:meth:`actions`, without sorting
+        ten thousand names for a count)."""
+        disabled = set(self.disabled)
+        return sum(1 for module in self.modules.values()
+                   for action in module.actions
+                   if action.name not in disabled)
+
     def errors(self) -> list[tuple[ModuleRecord, ModuleError]]:
         """Every module with a current error, sorted by path."""
         return sorted(((m, m.error) for m in self.modules.values() if m.error),
@@ -196,65 +315,154 @@ class Manifest:
         """True when both describe the same modules, whatever generation."""
         return (self.package_name == other.package_name
                 and self.action_prefix == other.action_prefix
-                and self.modules == other.modules
+                and self.record_shas == other.record_shas
                 and self.disabled == other.disabled)
 
     @classmethod
     def build(cls, modules: dict[str, ModuleRecord], package_name: str,
               action_prefix: str, generation: int,
-              disabled: tuple[str, ...] = ()) -> 'Manifest':
-        """A new generation, stamped with the current time."""
+              disabled: tuple[str, ...] = (),
+              previous: 'Manifest | None' = None) -> 'Manifest':
+        """A new generation, stamped with the current time.
+
+        :param modules: The records of the generation.
+        :param package_name: Import name the tree was validated under.
+        :param action_prefix: Prefix the names were built with.
+        :param generation: Its number.
+        :param disabled: Action names not served.
+        :param previous: A generation whose unchanged records keep their
+            sha256 without being serialized again.
+        """
         now = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        return cls(generation=generation, created_at=now,
-                        package_name=package_name,
-                        action_prefix=action_prefix, modules=modules,
-                        disabled=tuple(sorted(disabled)))
+        shas = {}
+        changed = []
+        for name, record in modules.items():
+            old = previous.modules.get(name) if previous else None
+            if old is not None and (old is record or old == record):
+                shas[name] = previous.record_shas[name]
+            else:
+                shas[name] = record_sha(record)
+                changed.append(name)
+        built = cls(generation=generation, created_at=now,
+                    package_name=package_name, action_prefix=action_prefix,
+                    modules=modules, disabled=tuple(sorted(disabled)),
+                    known_shas=shas)
+        if previous is not None and 'action_owners' in vars(previous):
+            gone = [n for n in previous.modules if n not in modules]
+            owners = dict(previous.action_owners)
+            for name in (*changed, *gone):
+                old = previous.modules.get(name)
+                for action in old.actions if old else ():
+                    if owners.get(action.name) == name:
+                        del owners[action.name]
+            for name in changed:
+                for action in modules[name].actions:
+                    owners[action.name] = name
+            vars(built)['action_owners'] = owners
+        return built
+
+    def index(self) -> Index:
+        """The ``manifest.json`` part of this generation."""
+        return Index(self.generation, self.created_at, self.package_name,
+                     self.action_prefix, dict(self.record_shas),
+                     self.disabled, self.schema)
 
     def to_json(self) -> bytes:
-        document = {
-            'schema': self.schema,
-            'generation': self.generation,
-            'created_at': self.created_at,
-            'package_name': self.package_name,
-            'action_prefix': self.action_prefix,
-            'disabled': list(self.disabled),
-            'modules': {name: _record_to_dict(record)
-                        for name, record in sorted(self.modules.items())},
-        }
-        return json.dumps(document, indent=1, sort_keys=True).encode()
+        """The bytes of ``manifest.json`` (:meth:`Index.to_json`)."""
+        return self.index().to_json()
 
     @classmethod
-    def from_json(cls, data: bytes, source: str = '<manifest>') -> 'Manifest':
-        """Parse and check a manifest document.
+    def from_index(cls, index: Index,
+                   read_record: Callable[[str, str], 'ModuleRecord']
+                   ) -> 'Manifest':
+        """The generation ``index`` names, its records read.
 
-        :param data: The JSON bytes.
-        :param source: Where they came from, for error messages.
-        :raises ManifestError: on invalid JSON, an unknown schema or a
-            missing field.
+        :param index: A parsed ``manifest.json``.
+        :param read_record: Returns the record of a module from its name
+            and the sha256 the index names, checked against it (see
+            :func:`record_from_json`); raises ``ManifestError`` or
+            ``BlobError`` when it cannot.
         """
-        try:
-            document = json.loads(data)
-        except ValueError as exc:
-            raise exceptions.ManifestError(
-                f'{source}: not a JSON document: {exc}') from exc
-        schema = document.get('schema') if isinstance(document, dict) else None
-        if schema != SCHEMA_VERSION:
-            raise exceptions.ManifestError(
-                f'{source}: manifest schema {schema!r} is not the supported '
-                f'schema {SCHEMA_VERSION}; upgrade mistral-hotload on this '
-                f'node so the daemon and providers agree')
-        try:
-            return cls(
-                generation=int(document['generation']),
-                created_at=document['created_at'],
-                package_name=document['package_name'],
-                action_prefix=document['action_prefix'],
-                modules={name: _record_from_dict(name, record)
-                         for name, record in document['modules'].items()},
-                disabled=tuple(document.get('disabled', ())))
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise exceptions.ManifestError(
-                f'{source}: malformed manifest: {exc!r}') from exc
+        modules = {name: read_record(name, sha)
+                   for name, sha in index.records.items()}
+        return cls(generation=index.generation, created_at=index.created_at,
+                   package_name=index.package_name,
+                   action_prefix=index.action_prefix, modules=modules,
+                   disabled=index.disabled, schema=index.schema,
+                   known_shas=dict(index.records))
+
+    @classmethod
+    def from_records(cls, index: Index,
+                     records: Mapping[str, bytes],
+                     source: str = '<manifest>') -> 'Manifest':
+        """The generation ``index`` names, from record bytes by sha256.
+
+        :param index: A parsed ``manifest.json``.
+        :param records: Record bytes by their sha256 (at least those the
+            index names); each is checked against its name.
+        :param source: Where they came from, for error messages.
+        :raises ManifestError: when a record is missing, does not match
+            its sha256 or is malformed.
+        """
+        def read(name: str, sha: str) -> ModuleRecord:
+            data = records.get(sha)
+            if data is None:
+                raise exceptions.ManifestError(
+                    f'{source}: the record of module {name} ({sha}) is '
+                    f'missing')
+            return record_from_json(data, name, sha, source)
+
+        return cls.from_index(index, read)
+
+
+def record_json(record: ModuleRecord) -> bytes:
+    """The bytes of a record blob; equal records give equal bytes."""
+    return json.dumps(dict(_record_to_dict(record), name=record.name),
+                      sort_keys=True, separators=(',', ':')).encode()
+
+
+def record_sha(record: ModuleRecord) -> str:
+    """The sha256 a record is stored and named under."""
+    return hashlib.sha256(record_json(record)).hexdigest()
+
+
+def record_from_json(data: bytes, name: str, sha256: str | None = None,
+                     source: str = '<manifest>') -> ModuleRecord:
+    """Parse and check a record blob.
+
+    :param data: Its bytes.
+    :param name: The module the index names it for; the record must say
+        the same.
+    :param sha256: What the index names it by; when given, ``data`` must
+        hash to it.
+    :param source: Where it came from, for error messages.
+    :raises ManifestError: when it does not match, or is malformed.
+    """
+    where = f'{source}: record of module {name!r:.100}'
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise exceptions.ManifestError(
+            f'{where} does not match its sha256 {sha256}')
+    try:
+        document = json.loads(data)
+        if document.get('name') != name:
+            raise ValueError(f'it names module {document.get("name")!r:.100}')
+        return _record_from_dict(name, document)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise exceptions.ManifestError(
+            f'{where} is malformed: {exc!r}') from exc
+
+
+_HEX_DIGITS = frozenset('0123456789abcdef')
+
+
+def is_sha256(value: object) -> bool:
+    """True for a sha256 as the store names blobs: 64 lowercase hex digits.
+
+    Names from a manifest or a serialized action were written by another
+    process; only these can never name a path outside the blob store.
+    """
+    return (isinstance(value, str) and len(value) == 64
+            and set(value) <= _HEX_DIGITS)
 
 
 def content_key(module: str, sha256: str,

@@ -15,6 +15,10 @@ generation (same number, same bytes) with the store's own code.
 Anything refused (a publisher that does not answer, a wrong signature, a
 blob that does not match its hash) is logged, recorded in the status file,
 and changes nothing: the node keeps serving what it has.
+
+It answers status requests on the cluster topic with a signed status
+(:mod:`hotload.cluster`): what it serves, its last refusal, and the
+publisher's generation it last saw.
 """
 
 import contextlib
@@ -27,6 +31,7 @@ import oslo_messaging
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from hotload import cluster
 from hotload import conf as hotload_conf
 from hotload import exceptions
 from hotload import manifest as manifest_mod
@@ -49,7 +54,7 @@ REFUSALS = (exceptions.ClusterError, exceptions.SignatureError,
 
 
 def required_blobs(current: manifest_mod.Manifest) -> list[str]:
-    """Every blob ``current`` serves: each module's and its imports'.
+    """Every source blob ``current`` serves: each module's and its imports'.
 
     :param current: A manifest whose signature was checked.
     :raises ManifestError: when it names a blob by something that is not
@@ -115,6 +120,7 @@ class Mirror:
         self._current = manifest_mod.Manifest.empty(
             options.package_name, options.action_prefix)
         self._digest: str | None = None
+        self._served = (self._current, self._digest)
         self._error: str | None = None
         self._publisher: dict = {}
         self._status: dict = {}
@@ -130,10 +136,12 @@ class Mirror:
 
     def start(self) -> None:
         """Take the state directory, then follow the publisher."""
+        options = self.conf.hotload
         self._notifier.starting()
         self._lock = self._resources.enter_context(
             self.states.writer_lock(timeout=LOCK_TIMEOUT))
         self._current = self._stored_generation()
+        self._served = (self._current, self._digest)
         transport = oslo_messaging.get_rpc_transport(self.conf)
         self._resources.callback(transport.cleanup)
         self._client = publication.PublisherClient(self.conf, transport)
@@ -145,9 +153,11 @@ class Mirror:
             oslo_messaging.get_rpc_server(
                 transport, publication.target(
                     topic, server=f'{self.host}.{os.getpid()}'),
-                [_AnnouncementEndpoint(self._announced)],
+                [_AnnouncementEndpoint(self._announced),
+                 cluster.StatusEndpoint(transport, options.cluster_key,
+                                        self.describe)],
                 executor='threading'),
-            f'announcements on topic {topic}')
+            f'announcements and status requests on topic {topic}')
         listener.start()
         self._resources.callback(listener.stop)
         self._status = {'pid': os.getpid(), 'host': self.host,
@@ -176,6 +186,19 @@ class Mirror:
     def rescan(self) -> None:
         """Compare with the publisher now (what SIGHUP asks of a daemon)."""
         self._wake.set()
+
+    def describe(self) -> dict:
+        """This mirror's status for the cluster, unsigned (see
+        :mod:`hotload.cluster`)."""
+        current, digest = self._served
+        return {'host': self.host, 'role': cluster.MIRROR,
+                'pid': os.getpid(), 'generation': current.generation,
+                'digest': digest,
+                'published_at': current.created_at or None,
+                'error': self._error,
+                'publisher_generation': self._publisher.get('generation'),
+                'highest': max([current.generation,
+                                *self.states.generation_numbers()])}
 
     def healthy(self) -> bool:
         """True while the mirror makes progress (for the watchdog)."""
@@ -278,35 +301,57 @@ class Mirror:
         self._take(generation, host)
 
     def _take(self, generation: int, host: str) -> None:
-        """Fetch, check and publish the publisher's ``generation``."""
+        """Fetch, check and publish the publisher's ``generation``.
+
+        Only what this node lacks crosses the broker: the index, then the
+        records it names that are not here, then the sources those name
+        that are not here; so one changed module costs one record and its
+        source, whatever the size of the table.
+        """
         options = self.conf.hotload
         source = f'generation {generation} from the publisher ({host})'
         data, signature = self._client.signed_manifest(generation)
         self._progress()
         signing.verify(data, signature, options.cluster_key, source)
-        current = manifest_mod.Manifest.from_json(data, source)
-        if current.generation != generation:
+        index = manifest_mod.Index.from_json(data, source)
+        if index.generation != generation:
             raise exceptions.ClusterError(
-                f'{source} is signed but numbered {current.generation}')
-        if current.to_json() != data:
-            # The store writes Manifest.to_json(): it could not publish the
+                f'{source} is signed but numbered {index.generation}')
+        if index.to_json() != data:
+            # The store writes Index.to_json(): it could not publish the
             # same bytes. Another manifest layout, another version.
             raise exceptions.ClusterError(
                 f'{source} cannot be republished byte for byte by this '
                 f'node; run the same mistral-hotload version on every '
                 f'node')
+        held = set(self._current.record_shas.values())
+        missing_records = sorted(
+            {sha for sha in index.records.values() if sha not in held
+             and not os.path.exists(self.states.blobs.path(sha))})
+        self._fetch_blobs(missing_records, source)
+        current = self.states.manifest(index)
+        known = {sha for record in self._current.modules.values()
+                 if record.good
+                 for sha in (record.good.sha256,
+                             *record.good.imports.values())}
         missing = [sha for sha in required_blobs(current)
-                   if not os.path.exists(self.states.blobs.path(sha))]
+                   if sha not in known
+                   and not os.path.exists(self.states.blobs.path(sha))]
         self._fetch_blobs(missing, source)
         if self._stopping.is_set():
             raise exceptions.ClusterError('stopping; not published')
-        self.states.publish(current)
-        self.states.prune(options.keep_generations)
+        self.states.publish(current, verify=False)
+        self.states.prune(options.keep_generations, full=False)
         self._current = current
         self._digest = store.sha256_hex(data)
+        # One assignment: a status never pairs a generation with the
+        # digest of another.
+        self._served = (current, self._digest)
         LOG.info('Published generation %d of the publisher (%s): %d '
-                 'modules, %d actions, %d blobs fetched', generation, host,
-                 len(current.modules), len(current.actions()), len(missing))
+                 'modules, %d actions, %d records and %d blobs fetched',
+                 generation, host, len(current.modules),
+                 current.action_count(),
+                 len(missing_records), len(missing))
         self._signals.generation_published(generation)
 
     def _fetch_blobs(self, missing: list[str], source: str) -> None:
@@ -346,8 +391,8 @@ class Mirror:
             data = None
         if data is not None:
             try:
-                stored = manifest_mod.Manifest.from_json(
-                    data, self.states.current_path)
+                stored = self.states.manifest(manifest_mod.Index.from_json(
+                    data, self.states.current_path))
             except exceptions.ManifestError as exc:
                 LOG.error('Current manifest unreadable; taking the '
                           'publisher\'s next generation: %s', exc)

@@ -13,14 +13,19 @@ module, so nothing one module does at import leaks into another's probe.
 
 That child is a guard (hotload._probe_guard) which forks the process that
 imports the module and answers for every process below it: the timeout,
-the cleanup, and :meth:`Probe.cancel`.
+the cleanup, and :meth:`Probe.cancel`. A guard probes one module after
+another, each in a fresh worker, so a scan pays for starting a process
+through the forkserver once per guard, not per module
+(hotload._probe_batch).
 """
 
 import contextlib
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -30,8 +35,8 @@ import threading
 import time
 from collections.abc import Mapping
 
+from hotload import _probe_batch
 from hotload import _probe_child
-from hotload import _probe_guard
 from hotload import exceptions
 from hotload import loader
 from hotload import manifest
@@ -137,7 +142,9 @@ class Probe:
         self._idle = threading.Condition(self._lock)
         self._cancelled_at: float | None = None
         self._active = 0  # probe() calls under way
-        self._guards: dict[int, _Guard] = {}
+        self._pool = _probe_batch.GuardPool(self._start_guard)
+        self._encoded_sources: tuple | None = None
+        self._snapshots = 0
 
     def cancel(self) -> None:
         """Kill every probe in flight, with whatever its module started.
@@ -149,8 +156,7 @@ class Probe:
         with self._lock:
             if self._cancelled_at is None:
                 self._cancelled_at = time.monotonic()
-            guards = list(self._guards.values())
-        for guard in guards:
+        for guard in self._pool.all():
             guard.signal(signal.SIGTERM)
 
     def close(self) -> None:
@@ -160,6 +166,7 @@ class Probe:
         with self._idle:
             self._idle.wait_for(lambda: not self._active,
                                 CANCEL_GRACE + GUARD_MARGIN)
+        self._pool.close_all()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> 'Probe':
@@ -194,72 +201,107 @@ class Probe:
 
     def _probe(self, module: str,
                sources: Mapping[str, loader.SourceRef]) -> ProbeResult:
-        context = _forkserver_context()
+        snapshot, encoded = self._encoded(sources)
         fd, output_path = tempfile.mkstemp(dir=self._tmp, suffix='.out')
         os.close(fd)
-        base = output_path[:-len('.out')]
-        result_path = base + '.json'
-        guard_path = base + '.guard'
-        request = {
-            'root': self.root,
-            'package_name': self.package_name,
-            'module': module,
-            'sources': {name: (ref.path, ref.sha256, ref.is_package)
-                        for name, ref in sources.items()},
-            'blob_dir': self.blob_dir,
-            'memory_limit': self.memory_limit,
-            'output_path': output_path,
-            'output_file_limit': OUTPUT_FILE_LIMIT,
-            'result_path': result_path,
-            'timeout': self.timeout,
-            'stack_dump_grace': STACK_DUMP_GRACE,
-            'guard_path': guard_path,
-        }
-        process = context.Process(target=_probe_guard.run, args=(request,),
-                                  name=f'hotload-probe:{module}', daemon=True)
+        result_path = output_path[:-len('.out')] + '.json'
+        command = {'module': module, 'snapshot': snapshot,
+                   'output_path': output_path, 'result_path': result_path}
         try:
-            process.start()
-            guard = _Guard(process)
+            report, exitcode = self._run(command, encoded)
             with self._lock:
-                self._guards[process.pid] = guard
-                cancelled = self._cancelled_at is not None
-            if cancelled:
-                guard.signal(signal.SIGTERM)
-            self._wait(guard)
-            with self._lock:
-                del self._guards[process.pid]
                 self._check_cancelled()
             output = _tail(output_path, OUTPUT_LIMIT)
             result = _read_result(result_path)
-            report = _read_result(guard_path)
         finally:
-            with self._lock:
-                self._guards.pop(getattr(process, 'pid', None), None)
-            for path in (output_path, result_path, guard_path):
+            for path in (output_path, result_path):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        return self._result(module, sources, result, report,
-                            process.exitcode, output)
+        return self._result(module, sources, result, report, exitcode,
+                            output)
 
-    def _wait(self, guard: '_Guard') -> None:
-        """Until the guard exits; kill it if it outlives its deadlines.
+    def _run(self, command: dict, encoded: bytes
+             ) -> tuple[dict | None, int | None]:
+        """Have a guard probe ``command['module']``: (its report, or None
+        when it died without one; and then its exit code)."""
+        # A guard that exited for being idle, just as it was handed the
+        # module, never started it: another one is.
+        for _attempt in range(3):
+            guard = self._pool.take(command['snapshot'])
+            with self._lock:
+                cancelled = self._cancelled_at is not None
+            if cancelled:
+                guard.signal(signal.SIGTERM)
+            if guard.snapshot != command['snapshot']:
+                command = {**command, 'sources': encoded}
+            else:
+                command.pop('sources', None)
+            deadline = (time.monotonic() + self.timeout + STACK_DUMP_GRACE
+                        + GUARD_MARGIN)
+            try:
+                guard.send(command)
+                guard.snapshot = command['snapshot']
+                report = guard.report(
+                    functools.partial(self._should_stop, deadline))
+            except _probe_batch.GuardDied as died:
+                self._pool.close(guard)
+                if died.idle:
+                    continue
+                return None, died.exitcode
+            if report is None or report.get('cancelled'):
+                self._pool.close(guard)
+                return report, guard.process.exitcode
+            self._pool.give_back(guard, command['snapshot'])
+            return report, 0
+        return None, None
 
-        The guard enforces the timeout itself; the daemon only steps in
-        when the guard does not answer (cancelled, or long past the
-        timeout).
+    def _should_stop(self, deadline: float) -> bool:
+        """The guard does not answer: long past its timeout, or cancelled
+        and past the grace it gets."""
+        cancelled_at = self._cancelled_at
+        now = time.monotonic()
+        return now > deadline or (cancelled_at is not None
+                                  and now > cancelled_at + CANCEL_GRACE)
+
+    def _start_guard(self) -> _probe_batch.Guard:
+        request = {
+            'root': self.root,
+            'package_name': self.package_name,
+            'blob_dir': self.blob_dir,
+            'memory_limit': self.memory_limit,
+            'output_file_limit': OUTPUT_FILE_LIMIT,
+            'timeout': self.timeout,
+            'stack_dump_grace': STACK_DUMP_GRACE,
+        }
+        return _probe_batch.Guard(_forkserver_context(), request,
+                                  'hotload-probe-guard')
+
+    def _encoded(self, sources: Mapping[str, loader.SourceRef]
+                 ) -> tuple[int, bytes]:
+        """``sources`` as the guards read them, encoded once per snapshot,
+        with a number for that snapshot.
+
+        A scan probes many modules against one snapshot of the tree: a
+        guard receives it once (see :mod:`hotload._probe_batch`).
+        Snapshots are not changed once made; the size guards against a
+        caller that does.
         """
-        limit = (time.monotonic() + self.timeout + STACK_DUMP_GRACE
-                 + GUARD_MARGIN)
-        process = guard.process
-        while process.exitcode is None:
-            cancelled_at = self._cancelled_at
-            now = time.monotonic()
-            if now > limit or (cancelled_at is not None
-                               and now > cancelled_at + CANCEL_GRACE):
-                guard.kill()
-                process.join()
-                return
-            process.join(0.1)
+        with self._lock:
+            cached = self._encoded_sources
+        if cached and cached[0] is sources and cached[1] == len(sources):
+            return cached[2], cached[3]
+        data = pickle.dumps({name: (ref.path, ref.sha256, ref.is_package)
+                             for name, ref in sources.items()},
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            if self._encoded_sources and \
+                    self._encoded_sources[0] is sources:
+                return self._encoded_sources[2], self._encoded_sources[3]
+            self._snapshots += 1
+            # Holding ``sources`` keeps its id from being reused.
+            self._encoded_sources = (sources, len(sources), self._snapshots,
+                                     data)
+            return self._snapshots, data
 
     def _result(self, module: str, sources: Mapping[str, loader.SourceRef],
                 result: dict | None, report: dict | None,
@@ -365,46 +407,6 @@ class Probe:
             kind='crash',
             message=f'the probe process {cause} while importing the module',
             path=path, traceback=output[-OUTPUT_LIMIT:])
-
-
-class _Guard:
-    """A guard process, signalled through a pidfd where there is one, so
-    a signal never reaches another process that took over a reused PID.
-
-    :param process: The started guard.
-    """
-
-    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
-        self.process = process
-        self._pidfd = None
-        with contextlib.suppress(AttributeError, OSError):
-            self._pidfd = os.pidfd_open(process.pid)
-
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the guard if it still runs.
-
-        :param signum: The signal.
-        """
-        with contextlib.suppress(ProcessLookupError, OSError):
-            if self._pidfd is not None:
-                signal.pidfd_send_signal(self._pidfd, signum)
-            elif self.process.exitcode is None:
-                os.kill(self.process.pid, signum)
-
-    def kill(self) -> None:
-        """Kill the guard and its process group (its session's leader).
-
-        The guard's own cleanup does not run then; its subreaper role
-        goes with it, so setsid'd descendants may escape. Only for a
-        guard that stopped answering.
-        """
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.signal(signal.SIGKILL)
-
-    def __del__(self) -> None:
-        if self._pidfd is not None:
-            os.close(self._pidfd)
 
 
 def _tail(path: str, limit: int) -> str:

@@ -17,37 +17,50 @@ Registered in the entry point group ``mistral.action.providers`` as
   lacks waits for a pending refresh, at most :data:`FIND_WAIT` seconds,
   so a file just dropped is found by the first workflow that uses it even
   without a signal; a name that stays unknown costs that wait only while
-  a refresh is under way.
+  a refresh is under way. On a cluster node, such a name with the action
+  prefix also waits as long for this node's mirror when the publisher
+  serves a newer generation.
 * The table only moves forward: a ``manifest.json`` that is missing (the
   file or the state directory was removed), untrusted, unreadable or of a
   lower generation than the one served (a stale or foreign state
   directory) is reported once per version of the file, in the log and in
   ``describe()['errors']``, and the current table keeps serving until the
   daemon publishes a usable generation.
+* A new generation costs about what changed: the index names each
+  module's record by sha256, and the provider keeps the records (and
+  their descriptors) it holds, reading only those it does not.
 * Descriptors need no user code: names, descriptions and parameters come
   from the manifest, so the API process never imports an action module.
 * ``instantiate()`` (in the engine) loads the class of exactly the version
   the table names, mounted under its content key, and wraps the action in
-  :class:`HotloadAction`. Its serializer sends the content key with the
-  action, and the executor loads that same content from the blob store
-  (checking every hash), whatever generation its own table is at. If the
-  content cannot be had, the action fails with an error naming the action,
-  the key and the host; another version is never run instead.
+  :class:`~hotload.descriptors.HotloadAction`. Its serializer sends the
+  content key and a generation that served it with the action, and the
+  executor loads that same
+  content from the blob store (checking every hash), whatever generation
+  its own table is at. On a cluster node (``cluster_key`` and a
+  transport) whose mirror lacks that content yet, the executor fetches
+  exactly it from the publisher, signed and hash-checked, within a
+  bounded time, and keeps it in memory (:mod:`hotload.fetch`). If the
+  content cannot be had, the action fails at once with an error naming
+  the action, the key, the host and what the fetch found; another version
+  is never run instead.
 * Module versions are cached by content key (:mod:`hotload.versions`):
   an unchanged module is loaded once per process; versions the table no
   longer names are dropped from the cache once no action holds them and
-  they were not used for a while.
+  they were not used for a while, or a few other such versions were used
+  since (:data:`hotload.versions.IDLE_VERSIONS`).
 * A serialized action is checked field by field before anything is read:
   a reference that is malformed, names a non-hex hash or an unknown key
   fails the action cleanly, like missing content.
+* ``describe()`` (``mistral-hotload status``) gives the generation and
+  ``digest``, the sha256 of the exact ``manifest.json`` bytes the table
+  was built from, which ``status --cluster`` compares across nodes.
 """
 
 import dataclasses
 import datetime
 import functools
-import inspect
 import os
-import socket
 import sys
 import threading
 import time
@@ -55,207 +68,23 @@ import weakref
 from typing import Any
 
 from mistral_lib import actions as ml_actions
-from mistral_lib import serialization
-from mistral_lib.actions.providers import base as providers_base
 from oslo_config import cfg
 from oslo_log import log as logging
 
 from hotload import conf as hotload_conf
+from hotload import descriptors as descriptors_mod
 from hotload import exceptions
+from hotload import fetch
 from hotload import manifest as manifest_mod
 from hotload import signals
 from hotload import store
 from hotload import trust
-from hotload import versions
-from hotload.versions import ActionRef
+from hotload.descriptors import HotloadActionDescriptor
 from hotload.versions import VersionCache
 
 LOG = logging.getLogger(__name__)
 #: Seconds find() of a name the table lacks waits for a refresh under way.
 FIND_WAIT = 2.0
-
-
-class HotloadAction(ml_actions.Action):
-    """Wraps a hot action so it travels with its exact version.
-
-    :param action: The user's action object.
-    :param ref: The version it belongs to.
-    """
-
-    def __init__(self, action: Any, ref: ActionRef) -> None:
-        super().__init__()
-        self.action = action
-        self.ref = ref
-
-    @classmethod
-    def get_serialization_key(cls) -> str:
-        return f'{cls.__module__}.{cls.__name__}'
-
-    def run(self, context):
-        run = self.action.run
-        # Seed-style classes define run(self) without the context.
-        if _takes_argument(run):
-            return run(context)
-        return run()
-
-    def is_sync(self) -> bool:
-        is_sync = getattr(self.action, 'is_sync', None)
-        return is_sync() if callable(is_sync) else True
-
-    def __repr__(self) -> str:
-        return (f'hot action {self.ref.name} '
-                f'[content_key={self.ref.content_key}]')
-
-
-class UnavailableAction(ml_actions.Action):
-    """Stands in, in the executor, for a version that cannot be loaded.
-
-    Running it fails the action with the reason; nothing else is run.
-
-    :param name: The action's name; None when the reference sent is too
-        broken to tell.
-    :param reason: Why it cannot be loaded.
-    :param content_key: The version that was asked for; None when the
-        reference sent is invalid.
-    """
-
-    def __init__(self, name: str | None, reason: str,
-                 content_key: str | None = None) -> None:
-        super().__init__()
-        self.name = name
-        self.reason = reason
-        self.content_key = content_key
-
-    def run(self, context):
-        what = (f'content {self.content_key} is not available'
-                if self.content_key else 'the reference sent is invalid')
-        return ml_actions.Result(error=(
-            f'hot action {self.name or "(name unknown)"} cannot run on host '
-            f'{_HOST or socket.gethostname()}: {what} ({self.reason})'))
-
-    def __repr__(self) -> str:
-        return f'unavailable hot action {self.name or "(name unknown)"}'
-
-
-def _takes_argument(function) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
-                          p.VAR_POSITIONAL) for p in parameters)
-
-
-class HotloadActionSerializer(serialization.DictBasedSerializer):
-    """Sends a hot action with its content key; loads exactly that back."""
-
-    def serialize_to_dict(self, entity: HotloadAction) -> dict[str, Any]:
-        return {'ref': entity.ref.to_dict(), 'data': vars(entity.action)}
-
-    def deserialize_from_dict(self, entity_dict: Any):
-        try:
-            ref, data = self._checked(entity_dict)
-        except exceptions.InvalidReferenceError as exc:
-            name = _sent_name(entity_dict)
-            LOG.error('Refusing serialized hot action %s: %s',
-                      name or '(name unknown)', exc)
-            return UnavailableAction(name, str(exc))
-        cache = _CACHE
-        if cache is None:
-            return UnavailableAction(ref.name, 'the hotload provider is not '
-                                     'loaded in this process',
-                                     ref.content_key)
-        try:
-            cls = cache.action_class(ref)
-            # As mistral-lib's own ActionSerializer: the engine ran
-            # __init__, the executor restores the state it produced.
-            action = cls.__new__(cls)
-            for key, value in data.items():
-                setattr(action, key, value)
-        except exceptions.BlobError as exc:
-            LOG.error('Cannot load hot action %s: %s', ref.name, exc)
-            return UnavailableAction(ref.name, str(exc), ref.content_key)
-        except BaseException as exc:  # reported to the engine
-            LOG.exception('Cannot load hot action %s', ref.name)
-            return UnavailableAction(ref.name, f'{type(exc).__name__}: {exc}',
-                                     ref.content_key)
-        wrapped = HotloadAction(action, ref)
-        cache.hold(wrapped)
-        return wrapped
-
-    @staticmethod
-    def _checked(entity_dict: Any) -> tuple[ActionRef, dict[str, Any]]:
-        """The reference and state :meth:`serialize_to_dict` produced.
-
-        :raises InvalidReferenceError: for anything it cannot produce.
-        """
-        if not isinstance(entity_dict, dict) or \
-                set(entity_dict) != {'ref', 'data'}:
-            raise exceptions.InvalidReferenceError(
-                'the serialized action is not an object with exactly the '
-                'keys "ref" and "data"')
-        data = entity_dict['data']
-        if not isinstance(data, dict) or \
-                not all(isinstance(key, str) for key in data):
-            raise exceptions.InvalidReferenceError(
-                'the action\'s state is not an object')
-        return ActionRef.from_dict(entity_dict['ref']), data
-
-
-def _sent_name(entity_dict: Any) -> str | None:
-    """The action name an invalid serialized action carries, if any."""
-    ref = entity_dict.get('ref') if isinstance(entity_dict, dict) else None
-    name = ref.get('name') if isinstance(ref, dict) else None
-    if isinstance(name, str) and name.isprintable():
-        return name[:versions.MAX_NAME]
-    return None
-
-
-def _register_serializer() -> None:
-    try:
-        serialization.register_serializer(HotloadAction,
-                                          HotloadActionSerializer())
-    except RuntimeError:
-        pass  # already registered: this module was imported twice
-
-
-_register_serializer()
-_CACHE: VersionCache | None = None
-_HOST: str | None = None
-
-
-class HotloadActionDescriptor(providers_base.ActionDescriptorBase):
-    """A hot action as Mistral sees it; built from the manifest alone.
-
-    :param ref: The version the action belongs to.
-    :param spec: Its entry in the manifest.
-    :param cache: Where its class is loaded from when instantiated.
-    """
-
-    def __init__(self, ref: ActionRef, spec: manifest_mod.ActionSpec,
-                 cache: VersionCache) -> None:
-        # Namespace '' as Mistral's own actions: listed by default. find()
-        # ignores namespaces, so hot actions serve every namespace.
-        super().__init__(spec.name, spec.description, spec.input,
-                         namespace='')
-        self.ref = ref
-        self._cache = cache
-
-    @property
-    def action_class_name(self) -> str:
-        return f'{self.ref.package_name}.{self.ref.module}.' \
-               f'{self.ref.class_name}'
-
-    def instantiate(self, params, wf_ctx):
-        cls = self._cache.action_class(self.ref)
-        action = HotloadAction(cls(**(params or {})), self.ref)
-        self._cache.hold(action)
-        return action
-
-    def __repr__(self) -> str:
-        return (f'Hot action [name={self.name}, '
-                f'class={self.action_class_name}, '
-                f'content_key={self.ref.content_key}]')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +93,9 @@ class _Table:
     manifest: manifest_mod.Manifest | None
     descriptors: dict[str, HotloadActionDescriptor]
     loaded_at: str = ''
+    #: sha256 of the exact bytes of the manifest.json the table was
+    #: built from, which ``status --cluster`` compares across nodes.
+    digest: str | None = None
 
 
 def _key(st: os.stat_result | None) -> tuple | None:
@@ -313,19 +145,24 @@ class HotloadActionProvider(ml_actions.ActionProvider):
     def __init__(self, name: str = 'hotload',
                  conf: cfg.ConfigOpts | None = None) -> None:
         super().__init__(name)
-        global _CACHE
         self.conf = conf or cfg.CONF
         if hotload_conf.GROUP not in self.conf:
             hotload_conf.register_opts(self.conf)
         options = self.conf.hotload
-        global _HOST
         #: The node this process is on: Mistral's ``[DEFAULT] host`` when
         #: set (several nodes can share a machine), else the host name.
-        self.host = _HOST = hotload_conf.node_name(self.conf)
+        self.host = hotload_conf.node_name(self.conf)
         self.states = store.ManifestStore(options.state_dir)
-        self.cache = VersionCache(self.states.blobs, options.actions_dir)
-        _CACHE = self.cache
+        #: Fetches what this node lacks of a version an engine chose (its
+        #: mirror is behind); only on a cluster node.
+        self.fetcher = fetch.ContentFetcher(self.conf, self.states.blobs) \
+            if fetch.enabled(self.conf) else None
+        self.cache = VersionCache(self.states.blobs, options.actions_dir,
+                                  fetch=self.fetcher)
+        descriptors_mod.bind(self.cache, self.host)
         self._table = _Table(None, None, {})
+        #: The modules of the table, by the sha256 of their record.
+        self._modules: dict[str, descriptors_mod.Module] = {}
         #: Stat key of the last manifest.json examined, whether served,
         #: refused or missing: lookups start a refresh when it changes.
         self._seen_key: tuple | None = _NEVER
@@ -334,6 +171,8 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         #: Set when the background refresh under way, if any, ends.
         self._background: threading.Event | None = None
         self._background_lock = threading.Lock()
+        #: Notified when a new table is swapped in.
+        self._swapped = threading.Condition()
         os.register_at_fork(after_in_child=functools.partial(
             _after_fork, weakref.ref(self)))
         self._policy = trust.TrustPolicy(options.trusted_owners,
@@ -366,7 +205,38 @@ class HotloadActionProvider(ml_actions.ActionProvider):
             # use it: worth a short wait (see the module docstring).
             pending.wait(FIND_WAIT)
             descriptor = self._table.descriptors.get(action_name)
+        if descriptor is None and self._behind_publisher(action_name):
+            descriptor = self._table.descriptors.get(action_name)
         return descriptor
+
+    def _behind_publisher(self, action_name: str) -> bool:
+        """On a cluster node, wait (at most :data:`FIND_WAIT` seconds) for
+        this node's mirror when the publisher serves a newer generation.
+
+        An engine of this node may be asked for an action the moment the
+        publisher's node lists it, before this node's mirror copied it.
+        Only names with the action prefix can be hot actions, so others
+        cost nothing.
+        """
+        prefix = self.conf.hotload.action_prefix
+        if self.fetcher is None or not prefix or \
+                not action_name.startswith(prefix + '.'):
+            return False
+        deadline = time.monotonic() + FIND_WAIT
+        target = self.fetcher.publisher_generation()
+        if target is None:
+            return False
+        while self.generation < target:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # Woken by the swap the mirror's signal makes; the refresh
+            # catches a publish whose signal was lost.
+            with self._swapped:
+                self._swapped.wait_for(lambda: self.generation >= target,
+                                       min(remaining, 0.05))
+            self.refresh()
+        return True
 
     def find_all(self, namespace=None, limit=None, sort_fields=None,
                  sort_dirs=None, filters=None):
@@ -433,11 +303,13 @@ class HotloadActionProvider(ml_actions.ActionProvider):
             if key == self._seen_key:
                 return False
             try:
-                current = None
+                index = data = None
                 if st is not None:
                     self._check_trusted(st)
-                    current = self.states.load()
-                if current is None:
+                    data = self._read_manifest()
+                if data is not None:
+                    index = manifest_mod.Index.from_json(data, path)
+                if index is None:
                     self._seen_key = key
                     # Someone removed the file or the state directory:
                     # nothing to serve instead, and emptying the table
@@ -448,36 +320,76 @@ class HotloadActionProvider(ml_actions.ActionProvider):
                             f'; serving on until the daemon publishes a '
                             f'generation')
                     return False
-                if current.generation < self.generation and \
-                        not self._is_reset(current):
+                if index.generation < self.generation and \
+                        not self._is_reset(index):
                     raise exceptions.ManifestError(
                         f'{path}: generation '
-                        f'{current.generation} is older than the generation '
+                        f'{index.generation} is older than the generation '
                         f'{self.generation} being served: a stale or foreign '
                         f'state directory')
+                modules = self._modules_of(index)
             # A provider must never break Mistral's lookups, whatever is on
             # disk: anything here is reported, and the old table serves.
             except Exception as exc:  # noqa: BLE001
                 self._seen_key = key
                 self._refuse(str(exc))
                 return False
+            current = manifest_mod.Manifest(
+                index.generation, index.created_at, index.package_name,
+                index.action_prefix,
+                {name: module.record for name, module in modules.items()},
+                index.disabled, index.schema,
+                known_shas=dict(index.records))
             descriptors = {}
-            for action, record in current.actions():
-                ref = ActionRef.of(action, record, current.package_name)
-                descriptors[action.name] = HotloadActionDescriptor(
-                    ref, action, self.cache)
-            self.cache.retain({d.ref.content_key
-                               for d in descriptors.values()})
+            for module in modules.values():
+                descriptors.update(module.descriptors)
+            for name in index.disabled:
+                descriptors.pop(name, None)
+            self._modules = {index.records[name]: module
+                             for name, module in modules.items()}
+            self.cache.retain({module.record.good.content_key
+                               for module in modules.values()
+                               if module.record.good})
             # Table first: a lookup that sees the new key must find the
             # table built from it.
             self._table = _Table(key, current, descriptors,
-                                 time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+                                 time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                                 store.sha256_hex(data))
             self._seen_key = key
         LOG.info('Serving hot action generation %d (%d actions)',
                  current.generation, len(descriptors))
+        with self._swapped:
+            self._swapped.notify_all()
         return True
 
-    def _is_reset(self, candidate: manifest_mod.Manifest) -> bool:
+    def _modules_of(self, index: manifest_mod.Index
+                    ) -> dict[str, descriptors_mod.Module]:
+        """The modules ``index`` names: those this process holds (same
+        record sha256) as they are, the others read from the store.
+
+        A generation that changes one module costs one record read and
+        that module's descriptors, whatever the size of the table.
+        """
+        modules = {}
+        for name, sha in index.records.items():
+            module = self._modules.get(sha)
+            if module is None or module.record.name != name or \
+                    module.package_name != index.package_name:
+                module = descriptors_mod.Module.of(
+                    self.states.read_record(name, sha), index.package_name,
+                    index.generation, self.cache)
+            modules[name] = module
+        return modules
+
+    def _read_manifest(self) -> bytes | None:
+        """The bytes of ``manifest.json``; None when there is none."""
+        try:
+            with open(self.states.current_path, 'rb') as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
+
+    def _is_reset(self, candidate: manifest_mod.Index) -> bool:
         """True when a lower generation was built after the served one.
 
         A running daemon keeps numbers increasing even when its state
@@ -543,6 +455,7 @@ class HotloadActionProvider(ml_actions.ActionProvider):
             'service': _service_name(),
             'pid': os.getpid(),
             'generation': self.generation,
+            'digest': table.digest,
             'loaded_at': table.loaded_at,
             'actions': len(table.descriptors),
             'errors': list(self.cache.errors),

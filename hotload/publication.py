@@ -5,8 +5,9 @@ transport) runs an RPC server on ``<signal_topic>_publisher`` that answers
 three calls, all read from its state directory:
 
 ``current_generation``
-    ``{'host', 'generation', 'digest'}``: the generation ``manifest.json``
-    holds and the sha256 of its bytes.
+    ``{'host', 'generation', 'digest', 'published_at'}``: the generation
+    ``manifest.json`` holds, the sha256 of its bytes and its
+    ``created_at``.
 ``signed_manifest(generation)``
     ``{'generation', 'manifest', 'signature'}``: the exact bytes of a
     generation still on disk, as text, with their HMAC
@@ -98,6 +99,12 @@ def generation_path(states: store.ManifestStore, number: int) -> str:
     return os.path.join(states.generations_dir, f'{number:010d}.json')
 
 
+def _text_or_none(value: object) -> str | None:
+    """A short text from an answer, or None; what it says is not trusted.
+    """
+    return str(value)[:200] if value is not None else None
+
+
 def _read_bounded(path: str, limit: int) -> bytes:
     with open(path, 'rb') as stream:
         return stream.read(limit)
@@ -132,11 +139,12 @@ class PublisherEndpoint:
             return {'host': self._host, 'error': f'cannot read the '
                     f'current manifest: {exc.strerror}'}
         try:
-            current = manifest_mod.Manifest.from_json(data)
+            current = manifest_mod.Index.from_json(data)
         except exceptions.ManifestError as exc:
             return {'host': self._host, 'error': str(exc)}
         return {'host': self._host, 'generation': current.generation,
-                'digest': store.sha256_hex(data)}
+                'digest': store.sha256_hex(data),
+                'published_at': current.created_at}
 
     def signed_manifest(self, ctxt, generation) -> dict:
         if not isinstance(generation, int) or generation < 1:
@@ -302,11 +310,14 @@ class PublisherClient:
 
     :param conf: Configuration with the transport and ``[hotload]``.
     :param transport: The mirror's RPC transport.
+    :param timeout: Seconds each call may take; default:
+        ``cluster_timeout``.
     """
 
-    def __init__(self, conf: cfg.ConfigOpts, transport) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, transport,
+                 timeout: float | None = None) -> None:
         self.topic = publisher_topic(conf)
-        self.timeout = conf.hotload.cluster_timeout
+        self.timeout = timeout or conf.hotload.cluster_timeout
         self.client = oslo_messaging.get_rpc_client(
             transport, target(self.topic)).prepare(
                 timeout=self.timeout, retry=1)
@@ -341,12 +352,25 @@ class PublisherClient:
 
         :raises ClusterError: when it cannot be had.
         """
+        current = self.describe_current()
+        return current['generation'], current['digest'], current['host']
+
+    def describe_current(self) -> dict:
+        """The publisher's answer to ``current_generation``, checked.
+
+        :returns: ``host``, ``generation`` (an int), ``digest`` and
+            ``published_at`` (each a string or None).
+        :raises ClusterError: when it cannot be had.
+        """
         reply = self._call('current_generation')
         generation = reply.get('generation')
         if not isinstance(generation, int) or generation < 0:
             raise exceptions.ClusterError(
                 f'the publisher answered generation {generation!r:.40}')
-        return generation, reply.get('digest'), str(reply.get('host'))[:200]
+        return {'host': str(reply.get('host'))[:200],
+                'generation': generation,
+                'digest': _text_or_none(reply.get('digest')),
+                'published_at': _text_or_none(reply.get('published_at'))}
 
     def signed_manifest(self, generation: int) -> tuple[bytes, object]:
         """Generation ``generation``'s bytes and signature, unchecked.

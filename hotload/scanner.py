@@ -3,14 +3,21 @@
 A scan walks the directory, applies the trust rules, hashes every module
 and stores it as a blob, then probes only the modules whose content, or the
 content of an in-tree module they import, changed since the previous
-generation. Names are given and collisions refused last, over the whole
-table, so the result does not depend on which file changed first.
+generation. Between full walks, only the paths the watcher named are
+judged again (:mod:`hotload.tree`). Names are given and collisions
+refused last, over the whole table, so the result does not depend on
+which file changed first.
 
 The walk itself (trust rules, hashing) is :mod:`hotload.walk`.
+
+What is not probed costs little: the records of unchanged modules are the
+previous generation's own objects (so the store need not serialize them
+again), and no per-action work is redone for them but a name check.
 """
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import threading
 import time
@@ -24,6 +31,7 @@ from hotload import manifest
 from hotload import naming
 from hotload import probe as probe_mod
 from hotload import store
+from hotload import tree as tree_mod
 from hotload import trust
 from hotload import walk
 
@@ -43,6 +51,11 @@ CANCEL_POLL = 0.1
 # (doctor, tests) that know them as the scanner's.
 TreeSnapshot = walk.TreeSnapshot
 snapshot_tree = walk.snapshot_tree
+
+#: Action names of unchanged modules are checked at every scan (the prefix
+#: may have changed since the previous generation); the names themselves
+#: rarely change, so they are computed once.
+_action_name = functools.lru_cache(maxsize=1 << 16)(naming.action_name)
 
 
 class UnstableFiles:
@@ -113,6 +126,11 @@ class UnstableFiles:
             flagged = self._flagged.get(module)
         return flagged is not None and self.clock() < flagged[2]
 
+    def flagged(self) -> frozenset[str]:
+        """The modules flagged now, held back or due."""
+        with self._lock:
+            return frozenset(self._flagged)
+
     def retain(self, modules: Iterable[str]) -> None:
         """Forget the modules that are no longer in the tree.
 
@@ -171,6 +189,9 @@ class Scanner:
     :param unstable: The modules held back for changing their files while
         probed; the daemon keeps one across scans. Without it, a new one
         per scanner.
+    :param tree: What the last walk of ``root`` learned, for a scan that
+        judges only changed paths again; the daemon keeps one across
+        scans. Without it, a new one per scanner.
     """
 
     def __init__(self, root: str, blobs: store.BlobStore,
@@ -180,7 +201,8 @@ class Scanner:
                  max_depth: int = 32,
                  on_progress: Callable[[], None] | None = None,
                  cancelled: threading.Event | None = None,
-                 unstable: UnstableFiles | None = None) -> None:
+                 unstable: UnstableFiles | None = None,
+                 tree: tree_mod.TreeState | None = None) -> None:
         self.root = os.path.realpath(root)
         self.blobs = blobs
         self.probe = probe
@@ -193,41 +215,82 @@ class Scanner:
         self.on_progress = on_progress or (lambda: None)
         self.cancelled = cancelled
         self.unstable = unstable if unstable is not None else UnstableFiles()
+        self.tree = tree if tree is not None else \
+            tree_mod.TreeState(self.root)
+        self._reserved = tuple(p for p in self.reserved_prefixes if p)
 
-    def scan(self, previous: manifest.Manifest,
-             probe_all: bool = False) -> ScanResult:
+    def scan(self, previous: manifest.Manifest, probe_all: bool = False,
+             changed: Iterable[str] | None = None) -> ScanResult:
         """Scan the directory against ``previous``.
 
         :param previous: The generation being served.
         :param probe_all: Probe every module, changed or not (an operator's
             ``mistral-hotload reload``, e.g. after installing a library a
             module imports), even those held back by ``unstable``.
+        :param changed: Paths relative to the directory that changed since
+            the previous scan with this ``tree`` (both ends of a move);
+            only they are judged again. None walks the whole directory.
         :raises UntrustedRootError: when the directory itself is refused;
             the caller keeps serving ``previous``.
         :raises ScanCancelled: when ``cancelled`` was set.
         """
         started = time.monotonic()
-        snapshot = walk.snapshot_tree(
-            self.root, self.policy, self.blobs, max_depth=self.max_depth,
-            on_progress=self.on_progress, cancelled=self.cancelled)
+        snapshot = self._walk(changed)
         if previous.package_name != self.package_name:
             previous = manifest.Manifest.empty(self.package_name,
                                                self.action_prefix)
         self._check_cancelled()
         self.unstable.retain(snapshot.modules())
+        flagged = self.unstable.flagged()
         # A held module is not probed, whatever changed: its writes are
         # what changed. One whose backoff expired is probed even if
         # nothing changed, to clear it or flag it again.
         stale = [name for name in snapshot.modules()
                  if probe_all or (
-                     not self.unstable.is_held(name) and (
-                         self.unstable.strikes(name) or self._needs_probe(
-                             previous.modules.get(name), snapshot, name)))]
+                     name not in flagged and self._needs_probe(
+                         previous.modules.get(name), snapshot, name)) or (
+                     name in flagged and not self.unstable.is_held(name))]
+        if stale:
+            snapshot = self._with_blobs(snapshot, previous)
+            stale = [name for name in stale if snapshot.sha(name)]
         results = self._probe_all(stale, snapshot)
         modules = self._records(previous, snapshot, results)
-        modules = self._assign_names(previous, modules)
+        modules = self._assign_names(previous, modules,
+                                     incremental=changed is not None)
         return ScanResult(modules, sorted(stale),
                           time.monotonic() - started)
+
+    def _walk(self, changed: Iterable[str] | None) -> TreeSnapshot:
+        return self.tree.snapshot(
+            self.policy, self.blobs, changed, max_depth=self.max_depth,
+            on_progress=self.on_progress, cancelled=self.cancelled)
+
+    def _with_blobs(self, snapshot: TreeSnapshot,
+                    previous: manifest.Manifest) -> TreeSnapshot:
+        """``snapshot``, once every content it names is in the blob store.
+
+        Files that did not change are not read again, but their blobs may
+        have gone since they were (the store collects what no kept
+        generation serves, e.g. a broken module's content), and a probe
+        reads every in-tree import from the store. Those files are read
+        again, which stores them. A content that ``previous`` serves, or
+        names as the one that failed, is kept by the store, so only the
+        others are looked at.
+        """
+        def served(name: str, sha: str) -> bool:
+            record = previous.modules.get(name)
+            return bool(record and (
+                record.good and record.good.sha256 == sha
+                or record.error and record.error.sha256 == sha))
+
+        missing = [ref.path for name, ref in snapshot.sources.items()
+                   if ref.sha256 and not served(name, ref.sha256)
+                   and not os.path.exists(self.blobs.path(ref.sha256))]
+        if not missing:
+            return snapshot
+        LOG.debug('Reading again %d files whose blobs were collected',
+                  len(missing))
+        return self._walk(missing)
 
     @staticmethod
     def _needs_probe(record: manifest.ModuleRecord | None,
@@ -361,26 +424,51 @@ class Scanner:
 
     def _renamed(self, version: manifest.ModuleVersion | None,
                  module: str) -> manifest.ModuleVersion | None:
+        """``version`` with its actions named under the current prefix;
+        ``version`` itself when they already are."""
         if version is None:
             return None
-        actions = tuple(dataclasses.replace(a, name=naming.action_name(
-            self.action_prefix, module, a.class_name, a.declared_name))
-            for a in version.actions)
+        names = [_action_name(self.action_prefix, module, a.class_name,
+                              a.declared_name) for a in version.actions]
+        pairs = list(zip(version.actions, names, strict=True))
+        if all(a.name == name for a, name in pairs):
+            return version
+        actions = tuple(dataclasses.replace(a, name=name)
+                        for a, name in pairs)
         return dataclasses.replace(version, actions=actions)
+
+    @staticmethod
+    def _record(old: manifest.ModuleRecord | None, name: str, path: str,
+                good: manifest.ModuleVersion | None,
+                error: manifest.ModuleError | None) -> manifest.ModuleRecord:
+        """The record, as the previous generation's object if unchanged."""
+        if old is not None and old.path == path and old.good is good and \
+                (old.error is error or old.error == error):
+            return old
+        return manifest.ModuleRecord(name, path, good, error)
 
     def _records(self, previous: manifest.Manifest, snapshot: TreeSnapshot,
                  results: dict[str, probe_mod.ProbeResult]
                  ) -> dict[str, manifest.ModuleRecord]:
         records: dict[str, manifest.ModuleRecord] = {}
+        # A name depends on the prefix, the module and the class: under the
+        # previous generation's prefix, a version keeps its names.
+        if previous.action_prefix == self.action_prefix:
+            def renamed(old: manifest.ModuleRecord | None,
+                        name: str) -> manifest.ModuleVersion | None:
+                return old.good if old else None
+        else:
+            def renamed(old: manifest.ModuleRecord | None,
+                        name: str) -> manifest.ModuleVersion | None:
+                return self._renamed(old.good, name) if old else None
         for name, refusal in snapshot.refused.items():
             old = previous.modules.get(name)
-            records[name] = manifest.ModuleRecord(
-                name, refusal.path,
-                self._renamed(old.good, name) if old else None, refusal)
+            records[name] = self._record(old, name, refusal.path,
+                                         renamed(old, name), refusal)
         for name in snapshot.modules():
             ref = snapshot.sources[name]
             old = previous.modules.get(name)
-            last_good = self._renamed(old.good, name) if old else None
+            last_good = renamed(old, name)
             result = results.get(name)
             if result is None:
                 error = old.error if old and old.error and \
@@ -392,8 +480,8 @@ class Scanner:
                     # report on every scan, so its writes publish nothing.
                     error = self._unstable_error(name, ref.path, ref.path,
                                                  *held)
-                records[name] = manifest.ModuleRecord(
-                    name, ref.path, last_good, error)
+                records[name] = self._record(old, name, ref.path, last_good,
+                                             error)
             elif result.error:
                 error = dataclasses.replace(
                     result.error, sha256=ref.sha256, imports=result.imports)
@@ -405,7 +493,8 @@ class Scanner:
         return records
 
     def _assign_names(self, previous: manifest.Manifest,
-                      records: dict[str, manifest.ModuleRecord]
+                      records: dict[str, manifest.ModuleRecord],
+                      incremental: bool = False
                       ) -> dict[str, manifest.ModuleRecord]:
         """Refuse reserved and colliding names; incumbents keep theirs.
 
@@ -414,24 +503,56 @@ class Scanner:
         serve what they served in the previous generation claim their names
         first; newcomers follow in path order. Repeats until no conflict is
         left (each round demotes at least one module, so it ends).
+
+        :param incremental: The records the previous generation published
+            as they are (the same objects) were checked by the scan that
+            made it, under the same prefixes (they are options, read at
+            start, and a start walks the whole tree): only the others are
+            checked, against their names. Ten thousand actions are not
+            walked for a change of one module.
         """
         def served_before(record: manifest.ModuleRecord) -> bool:
             old = previous.modules.get(record.name)
             return bool(old and old.good and record.good
                         and old.good.sha256 == record.good.sha256)
 
-        order = sorted(records.values(),
-                       key=lambda r: (not served_before(r), r.path))
         records = dict(records)
+        candidates = list(records.values())
+
+        def settled(action_name: str) -> tuple | None:
+            return None
+
+        if incremental and previous.action_prefix == self.action_prefix:
+            candidates = [r for r in candidates
+                          if previous.modules.get(r.name) is not r]
+            owners = previous.action_owners
+
+            def settled(action_name: str) -> tuple | None:
+                """The unchanged record that exports ``action_name``."""
+                owner = owners.get(action_name)
+                record = records.get(owner)
+                if record is None or previous.modules[owner] is not record:
+                    return None
+                return next(((record, a) for a in record.actions
+                             if a.name == action_name), None)
+
+        order = sorted(candidates,
+                       key=lambda r: (not served_before(r), r.path))
+        reserved_prefixes = self._reserved
         while True:
             claims: dict[str, tuple[manifest.ModuleRecord,
                                     manifest.ActionSpec]] = {}
             conflict = None
             for record in (records[r.name] for r in order):
                 for action in record.actions:
-                    reserved = naming.reserved_prefix(action.name,
-                                                      self.reserved_prefixes)
-                    holder = claims.get(action.name)
+                    # One startswith over all prefixes first: this loop
+                    # runs over every action of the tree at every scan.
+                    reserved = naming.reserved_prefix(
+                        action.name, self.reserved_prefixes) \
+                        if action.name.startswith(reserved_prefixes) \
+                        else None
+                    holder = claims.get(action.name) or \
+                        settled(action.name)
                     if reserved or holder:
                         conflict = (record, action, reserved, holder)
                         break

@@ -6,6 +6,11 @@ topic. A signal only makes a provider load the new table sooner: providers
 also notice a new generation on their own, so a lost signal or a broker
 outage delays nothing that a lookup needs.
 
+The same request-and-reply exchange (:func:`collect_statuses`, answered
+by :class:`StatusEndpoint`) asks the providers what they serve on
+``signal_topic`` and the daemons of a cluster on theirs
+(:mod:`hotload.cluster`), with one reply server for both.
+
 Nothing here may hang a command: oslo.messaging retries a broker that is
 down forever, so :func:`unreachable_brokers` checks it first, with a plain
 TCP connection, and :func:`collect_statuses` stops waiting at its deadline
@@ -29,6 +34,10 @@ NAMESPACE = 'hotload'
 VERSION = '1.0'
 # Seconds a broker has to accept a TCP connection, unless told otherwise.
 BROKER_TIMEOUT = 3.0
+#: Least time a broker gets to accept a TCP connection when a command
+#: gives it part of its --timeout: less would call a working broker
+#: unreachable.
+MIN_BROKER_TIMEOUT = 0.5
 # Ports the oslo.messaging drivers use when the URL names none.
 DEFAULT_PORTS = {'rabbit': 5672, 'amqp': 5672, 'kafka': 9092}
 # Seconds collect_statuses gives a working transport to close after its
@@ -130,9 +139,18 @@ def unreachable_brokers(conf: cfg.ConfigOpts,
 
 
 def _target(conf: cfg.ConfigOpts, **kwargs) -> oslo_messaging.Target:
-    return oslo_messaging.Target(topic=conf.hotload.signal_topic,
-                                 namespace=NAMESPACE, version=VERSION,
-                                 **kwargs)
+    return status_target(conf.hotload.signal_topic, **kwargs)
+
+
+def status_target(topic: str, **kwargs) -> oslo_messaging.Target:
+    """The target of signals and status requests on ``topic``.
+
+    :param topic: ``signal_topic`` (the providers), or the cluster topic
+        the daemons answer on (:func:`hotload.cluster.cluster_topic`).
+    :param kwargs: More of :class:`oslo_messaging.Target` (``server``).
+    """
+    return oslo_messaging.Target(topic=topic, namespace=NAMESPACE,
+                                 version=VERSION, **kwargs)
 
 
 class Publisher:
@@ -161,18 +179,20 @@ class Publisher:
         self.transport.cleanup()
 
 
-class _Endpoint:
+class StatusEndpoint:
+    """Answers ``report_status`` (see :func:`collect_statuses`) on the
+    topic of the server it is given to.
+
+    :param transport: The server's transport, to reply on.
+    :param describe: Returns the status to send, as plain data; it gets
+        the request's id (a daemon signs its status together with it).
+    """
+
     target = oslo_messaging.Target(namespace=NAMESPACE, version=VERSION)
 
-    def __init__(self, transport, on_generation: Callable[[], object],
-                 describe: Callable[[], dict]) -> None:
+    def __init__(self, transport, describe: Callable[[str], dict]) -> None:
         self._transport = transport
-        self._on_generation = on_generation
-        self._describe = describe
-
-    def generation_published(self, ctxt, generation):
-        LOG.debug('Signal: generation %s published', generation)
-        self._on_generation()
+        self._describe_for = describe
 
     def report_status(self, ctxt, request_id, reply_topic, reply_server):
         target = oslo_messaging.Target(
@@ -181,7 +201,18 @@ class _Endpoint:
         client = oslo_messaging.get_rpc_client(self._transport, target)
         client.prepare(retry=1).cast({}, 'status_reported',
                                      request_id=request_id,
-                                     status=self._describe())
+                                     status=self._describe_for(request_id))
+
+
+class _Endpoint(StatusEndpoint):
+    def __init__(self, transport, on_generation: Callable[[], object],
+                 describe: Callable[[], dict]) -> None:
+        super().__init__(transport, lambda _request_id: describe())
+        self._on_generation = on_generation
+
+    def generation_published(self, ctxt, generation):
+        LOG.debug('Signal: generation %s published', generation)
+        self._on_generation()
 
 
 class Listener:
@@ -263,10 +294,11 @@ class _StatusRequest:
     that thread too.
     """
 
-    def __init__(self, conf: cfg.ConfigOpts,
-                 endpoint: _ReplyEndpoint) -> None:
+    def __init__(self, conf: cfg.ConfigOpts, endpoint: _ReplyEndpoint,
+                 topics: list[str]) -> None:
         self.conf = conf
         self.endpoint = endpoint
+        self.topics = topics
         self.asked = threading.Event()
         self.finished = threading.Event()
         self.failure = ''
@@ -299,11 +331,14 @@ class _StatusRequest:
                 [endpoint], executor='threading')
             server.start()
             try:
-                client = oslo_messaging.get_rpc_client(transport,
-                                                       _target(conf))
-                client.prepare(fanout=True, retry=1).cast(
-                    {}, 'report_status', request_id=endpoint.request_id,
-                    reply_topic=reply_topic, reply_server=reply_server)
+                # One reply server for every topic: the answers of
+                # providers and daemons arrive together.
+                for topic in self.topics:
+                    client = oslo_messaging.get_rpc_client(
+                        transport, status_target(topic))
+                    client.prepare(fanout=True, retry=1).cast(
+                        {}, 'report_status', request_id=endpoint.request_id,
+                        reply_topic=reply_topic, reply_server=reply_server)
                 self.asked.set()
                 self.finished.wait()
             finally:
@@ -313,29 +348,64 @@ class _StatusRequest:
             transport.cleanup()
 
 
+#: Exchanges abandoned at their deadline whose thread still waits on the
+#: broker; see :func:`collect_statuses`.
+_abandoned: list[threading.Thread] = []
+_abandoned_lock = threading.Lock()
+
+
+def _stuck() -> bool:
+    """True while an abandoned exchange still waits on the broker."""
+    with _abandoned_lock:
+        _abandoned[:] = [t for t in _abandoned if t.is_alive()]
+        return bool(_abandoned)
+
+
+def _abandon(worker: threading.Thread) -> None:
+    if worker.is_alive():
+        with _abandoned_lock:
+            _abandoned.append(worker)
+
+
 def collect_statuses(conf: cfg.ConfigOpts, timeout: float,
-                     expected: int | None = None) -> list[dict]:
-    """Ask every provider for its status; what answered within ``timeout``.
+                     expected: int | None = None,
+                     topics: list[str] | None = None,
+                     request_id: str | None = None) -> list[dict]:
+    """Ask every provider (or whoever listens on ``topics``) for its
+    status; what answered within ``timeout``.
 
     Returns by the deadline even when oslo.messaging does not (it retries
     forever, inside the reply server's ``start()``, a broker that accepts
     TCP but never completes the AMQP handshake): the exchange runs in a
     daemon thread, which is abandoned if it is stuck, so it cannot keep
-    the process from exiting either.
+    the process from exiting either. While an abandoned one is still
+    stuck, another request fails at once rather than leave one more
+    thread behind (a daemon asks every ``mirror_check_interval``).
 
     :param conf: Configuration with the transport and ``[hotload]``.
     :param timeout: Seconds to wait for answers, from this call.
     :param expected: Stop waiting once this many have answered.
+    :param topics: Topics the request is cast to (fanout), all answered
+        through one reply server; default: ``signal_topic``, the
+        providers'.
+    :param request_id: Sent with the request and expected back with each
+        answer; a new random one by default. A daemon signs its status
+        together with it, so a replayed answer does not verify.
     :raises NotAsked: when the request was not sent before the deadline.
     """
-    endpoint = _ReplyEndpoint(uuid.uuid4().hex, expected)
-    request = _StatusRequest(conf, endpoint)
+    if _stuck():
+        raise NotAsked('an earlier status request is still waiting for the '
+                       'broker (it accepts connections but does not answer)')
+    endpoint = _ReplyEndpoint(request_id or uuid.uuid4().hex, expected)
+    request = _StatusRequest(conf, endpoint,
+                             topics or [conf.hotload.signal_topic])
     worker = threading.Thread(target=request.run, name='hotload-status',
                               daemon=True)
     worker.start()
     endpoint.complete.wait(timeout)
     request.finished.set()
     if not request.asked.is_set():
+        _abandon(worker)
         raise NotAsked(request.failure or
                        f'the messaging transport did not connect to the '
                        f'broker within '
@@ -344,4 +414,5 @@ def collect_statuses(conf: cfg.ConfigOpts, timeout: float,
     # the broker sees a clean close. One that hangs is abandoned with its
     # thread.
     worker.join(CLOSE_TIMEOUT)
+    _abandon(worker)
     return endpoint.snapshot()

@@ -2,8 +2,9 @@
 
 Layout::
 
-    <state_dir>/blobs/ab/ab12...ef          module sources, named by sha256
-    <state_dir>/generations/0000000007.json  one manifest per generation
+    <state_dir>/blobs/ab/ab12...ef          module sources and module
+                                            records, named by sha256
+    <state_dir>/generations/0000000007.json  one manifest index per generation
     <state_dir>/manifest.json               the current generation
     <state_dir>/lock                         held by the one writer
     <state_dir>/daemon.json                  the daemon's own status
@@ -14,83 +15,50 @@ Every file is written to a temporary name, fsynced, renamed into place and
 its directory fsynced, so a reader (or a writer killed at any moment)
 never sees a torn file. ``manifest.json`` is a hard link to the newest
 generation file, replaced by rename: a provider's cheap "is there a newer
-generation?" check is one ``stat`` of it.
+generation?" check is one ``stat`` of it. The records a generation names
+are stored before its index, so every record an index names is there.
+Blobs themselves are :mod:`hotload.blobs`.
 """
 
 import contextlib
+import dataclasses
 import fcntl
-import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 
 from oslo_log import log as logging
 
+from hotload import blobs as blobs_mod
 from hotload import exceptions
+from hotload import lock as lock_mod
 from hotload import manifest as manifest_mod
 
 LOG = logging.getLogger(__name__)
 CURRENT = 'manifest.json'
 GENERATIONS = 'generations'
-BLOBS = 'blobs'
 LOCK = 'lock'
 STATUS = 'daemon.json'
 CONTROL = 'control'
-LOCK_POLL_INTERVAL = 0.1
 #: Size the status file is padded to (see ManifestStore.write_status).
 STATUS_SIZE = 16 * 1024
 #: Largest control file read.
 MAX_CONTROL_FILE = 1024 * 1024
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-_HEX_DIGITS = frozenset('0123456789abcdef')
-
-
-def is_sha256(value: object) -> bool:
-    """True for a sha256 as the store names blobs: 64 lowercase hex digits.
-
-    Names from a manifest or a serialized action were written by another
-    process; only these can never name a path outside the blob store.
-    """
-    return (isinstance(value, str) and len(value) == 64
-            and set(value) <= _HEX_DIGITS)
+# Defined in hotload.blobs and hotload.lock; these names stay here for
+# the callers that know them as the store's.
+WriterLock = lock_mod.WriterLock
+BLOBS = blobs_mod.BLOBS
+BlobStore = blobs_mod.BlobStore
+atomic_write = blobs_mod.atomic_write
+is_sha256 = blobs_mod.is_sha256
+sha256_hex = blobs_mod.sha256_hex
+_fsync_dir = blobs_mod.fsync_dir
 
 
 def timestamp() -> str:
     """Local time as the status files record it."""
     return time.strftime('%Y-%m-%dT%H:%M:%S%z')
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``; readers see the old or new file."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
-    try:
-        with os.fdopen(fd, 'wb') as stream:
-            stream.write(data)
-            stream.flush()
-            os.fchmod(stream.fileno(), mode)
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
 
 
 def _padded_status(status: dict) -> bytes:
@@ -100,177 +68,6 @@ def _padded_status(status: dict) -> bytes:
         status = dict(status, error=str(status.get('error'))[:2000])
         text = json.dumps(status, indent=1)[:STATUS_SIZE - 1]
     return (text + ' ' * (STATUS_SIZE - 1 - len(text)) + '\n').encode()
-
-
-class WriterLock:
-    """The state directory's single-writer lock: an ``flock`` on a file.
-
-    An ``flock`` belongs to the open file, not to the name: if the file
-    (or the whole state directory) is removed, the holder keeps a lock
-    nobody else sees, and a second writer could take a new one.
-    :meth:`problem` tells the holder so.
-
-    :param path: The lock file.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self, timeout: float = 0.0) -> None:
-        """Take the lock, waiting up to ``timeout`` seconds (polling).
-
-        :raises StateLockedError: when another process still holds it.
-        """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise exceptions.StateLockedError(
-                        f'another mistral-hotload daemon writes to '
-                        f'{os.path.dirname(self.path)}') from None
-                time.sleep(LOCK_POLL_INTERVAL)
-        self._fd = fd
-
-    def retake(self) -> None:
-        """Lock the file now at :attr:`path` (a new one if it was removed)
-        and let go of the old one.
-
-        :raises StateLockedError: when another process holds the new one.
-        """
-        old, self._fd = self._fd, None
-        try:
-            self.acquire(0.0)
-        except BaseException:
-            self._fd = old
-            raise
-        if old is not None:
-            os.close(old)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def problem(self) -> str | None:
-        """Why the lock held no longer guards the state directory, or None.
-        """
-        if self._fd is None:
-            return 'the lock is not held'
-        held = os.fstat(self._fd)
-        try:
-            named = os.stat(self.path)
-        except FileNotFoundError:
-            return f'{self.path} was removed'
-        except OSError as exc:
-            return f'{self.path}: {exc.strerror}'
-        if (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
-            return f'{self.path} was replaced'
-        return None
-
-
-class BlobStore:
-    """Module sources stored under their sha256, never modified.
-
-    :param state_dir: The state directory; blobs live in its ``blobs/``.
-    """
-
-    def __init__(self, state_dir: str) -> None:
-        self.root = os.path.join(state_dir, BLOBS)
-
-    def path(self, sha256: str) -> str:
-        return os.path.join(self.root, sha256[:2], sha256)
-
-    def put(self, data: bytes) -> str:
-        """Store ``data`` if it is not there yet; return its sha256."""
-        sha = sha256_hex(data)
-        path = self.path(sha)
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            atomic_write(path, data, mode=0o444)
-        return sha
-
-    def get(self, sha256: str, max_size: int = 64 * 1024 * 1024) -> bytes:
-        """Read a blob and check it still hashes to its name.
-
-        The name comes from a manifest or from a serialized action, which
-        another process wrote: it must be a sha256 (64 lowercase hex
-        digits) so it can only name a file in the store, and that file
-        must be a regular file (a FIFO would block the reader, a device
-        such as ``/dev/zero`` never end) of a bounded size.
-
-        :param sha256: The blob's name, the sha256 of its content.
-        :param max_size: Largest blob read, in bytes; far above any module
-            the scanner accepts (``max_file_size``).
-        :raises BlobError: when the name is not a sha256, or the blob is
-            missing, not a regular file, too large or corrupt.
-        """
-        import stat  # only here: the one user in this module
-
-        if not is_sha256(sha256):
-            raise exceptions.BlobError(
-                f'{sha256!r:.100} is not a blob name (64 lowercase hex '
-                f'digits)')
-        path = self.path(sha256)
-        try:
-            # No symlink at the last component, and an open that cannot
-            # block whatever the file is; fstat then checks what was opened.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-                         | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise exceptions.BlobError(
-                f'blob {sha256} is not in {self.root}') from None
-        except OSError as exc:
-            raise exceptions.BlobError(
-                f'cannot open blob {path}: {exc.strerror}') from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise exceptions.BlobError(
-                    f'blob {path} is not a regular file; the state '
-                    f'directory was modified by hand')
-            if st.st_size > max_size:
-                raise exceptions.BlobError(
-                    f'blob {path} has {st.st_size} bytes, more than the '
-                    f'{max_size} a module may have')
-            chunks = []
-            size = 0
-            # Bounded even if the file grows while it is read.
-            while size <= max_size:
-                chunk = os.read(fd, min(1024 * 1024, max_size + 1 - size))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-        except OSError as exc:
-            raise exceptions.BlobError(
-                f'cannot read blob {path}: {exc.strerror}') from None
-        finally:
-            os.close(fd)
-        data = b''.join(chunks)
-        if len(data) > max_size or sha256_hex(data) != sha256:
-            raise exceptions.BlobError(
-                f'blob {path} does not match its sha256; the state '
-                f'directory is corrupt or was modified by hand')
-        return data
-
-    def collect_garbage(self, keep: set[str]) -> int:
-        """Delete every blob not in ``keep``; return how many went."""
-        removed = 0
-        if not os.path.isdir(self.root):
-            return removed
-        for shard in os.listdir(self.root):
-            shard_dir = os.path.join(self.root, shard)
-            for name in os.listdir(shard_dir):
-                if name not in keep:
-                    os.unlink(os.path.join(shard_dir, name))
-                    removed += 1
-        return removed
 
 
 class ManifestStore:
@@ -289,6 +86,17 @@ class ManifestStore:
         self.control_dir = os.path.join(state_dir, CONTROL)
         self.disabled_path = os.path.join(self.control_dir, 'disabled.json')
         self.rescan_path = os.path.join(self.control_dir, 'rescan')
+        #: Records read or written, by sha256 (immutable, so never stale);
+        #: trimmed to those of the kept generations by prune().
+        self._records: dict[str, manifest_mod.ModuleRecord] = {}
+        #: Indexes of generation files, by number (immutable too).
+        self._indexes: dict[int, manifest_mod.Index] = {}
+        #: The blobs each generation and each record names (prune()).
+        self._generation_blobs: dict[int, frozenset] = {}
+        self._record_blobs: dict[str, frozenset] = {}
+        #: Temporaries left by a writer killed before this one are
+        #: removed by this writer's first prune.
+        self._temporaries_removed = False
 
     def ensure(self) -> None:
         """Create the directory layout (the writer calls this)."""
@@ -433,14 +241,68 @@ class ManifestStore:
     def load(self) -> manifest_mod.Manifest | None:
         """The current generation, or None when none was published.
 
-        :raises ManifestError: when it exists but cannot be used.
+        :raises ManifestError: when it exists but cannot be used (its
+            index is malformed or a record it names is missing or
+            corrupt).
         """
         try:
             with open(self.current_path, 'rb') as stream:
                 data = stream.read()
         except FileNotFoundError:
             return None
-        return manifest_mod.Manifest.from_json(data, self.current_path)
+        return self.manifest(manifest_mod.Index.from_json(
+            data, self.current_path))
+
+    def manifest(self, index: manifest_mod.Index) -> manifest_mod.Manifest:
+        """The generation ``index`` names, its records read from here.
+
+        :param index: A parsed manifest index.
+        :raises ManifestError: when a record is missing or corrupt.
+        """
+        return manifest_mod.Manifest.from_index(index, self.record)
+
+    def record(self, name: str, sha256: str) -> manifest_mod.ModuleRecord:
+        """The record of module ``name`` stored under ``sha256``, checked.
+
+        :param name: The module the index names it for.
+        :param sha256: The record's sha256, as the index names it.
+        :raises ManifestError: when it is missing, corrupt or malformed.
+        """
+        record = self._records.get(sha256)
+        if record is None or record.name != name:
+            record = self._records[sha256] = self.read_record(name, sha256)
+        return record
+
+    def read_record(self, name: str,
+                    sha256: str) -> manifest_mod.ModuleRecord:
+        """:meth:`record`, read from disk whatever this store holds.
+
+        :param name: The module the index names it for.
+        :param sha256: The record's sha256, as the index names it.
+        :raises ManifestError: when it is missing, corrupt or malformed.
+        """
+        try:
+            data = self.blobs.get(sha256)
+        except exceptions.BlobError as exc:
+            raise exceptions.ManifestError(
+                f'the record of module {name!r:.100}: {exc}') from None
+        return manifest_mod.record_from_json(data, name, None,
+                                             self.blobs.path(sha256))
+
+    def index(self, number: int) -> manifest_mod.Index:
+        """The index of generation ``number`` on disk.
+
+        :param number: A generation with a file (:meth:`generation_numbers`).
+        :raises OSError: when it cannot be read.
+        :raises ManifestError: when it is malformed.
+        """
+        index = self._indexes.get(number)
+        if index is None:
+            path = self._generation_path(number)
+            with open(path, 'rb') as stream:
+                index = manifest_mod.Index.from_json(stream.read(), path)
+            self._indexes[number] = index
+        return index
 
     def _generation_path(self, number: int) -> str:
         return os.path.join(self.generations_dir, f'{number:010d}.json')
@@ -467,11 +329,32 @@ class ManifestStore:
         numbers = self.generation_numbers()
         return max(numbers[-1] if numbers else 0, current) + 1
 
-    def publish(self, manifest: manifest_mod.Manifest) -> None:
-        """Make ``manifest`` the current generation, atomically."""
+    def publish(self, manifest: manifest_mod.Manifest,
+                verify: bool = True) -> None:
+        """Make ``manifest`` the current generation, atomically.
+
+        Its records are stored first (those not stored yet), then its
+        index: a reader that sees the index finds every record it names.
+
+        :param manifest: The generation.
+        :param verify: Look on disk for every record, even those this
+            store wrote or read before (False: only for new ones, so a
+            publish costs what changed; the writer verifies after its
+            state directory was changed under it).
+        """
         self.ensure()
+        for name, sha in manifest.record_shas.items():
+            record = manifest.modules[name]
+            known = not verify and self._records.get(sha) is not None
+            if not known and not os.path.exists(self.blobs.path(sha)):
+                self.blobs.put(manifest_mod.record_json(record), sha)
+            self._records[sha] = record
+        # Every blob the index names (sources stored by the walk or a
+        # mirror's fetch, records just written) reaches the disk first.
+        self.blobs.sync()
         generation_path = self._generation_path(manifest.generation)
         atomic_write(generation_path, manifest.to_json())
+        self._indexes[manifest.generation] = manifest.index()
         link = os.path.join(self.state_dir, f'.tmp-current-{os.getpid()}')
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link)
@@ -479,11 +362,38 @@ class ManifestStore:
         os.replace(link, self.current_path)
         _fsync_dir(self.state_dir)
 
+    def without_lost_versions(
+            self, modules: dict[str, manifest_mod.ModuleRecord]
+    ) -> dict[str, manifest_mod.ModuleRecord]:
+        """``modules``, each without the version it serves when a blob of
+        that version is gone.
+
+        After the state directory was removed, the writer's scan stored
+        every file again, but a module whose current file is broken was
+        serving a version whose source is lost: it can no longer be
+        served.
+
+        :param modules: Records of the next generation.
+        """
+        kept = {}
+        for name, record in modules.items():
+            good = record.good
+            shas = [good.sha256, *good.imports.values()] if good else []
+            if all(os.path.exists(self.blobs.path(sha))
+                   for sha in shas if sha):
+                kept[name] = record
+                continue
+            LOG.error('%s: its last good version was lost with the state '
+                      'directory; no longer served', record.path)
+            kept[name] = dataclasses.replace(record, good=None)
+        return kept
+
     def commit(self, previous: manifest_mod.Manifest,
                modules: dict[str, manifest_mod.ModuleRecord],
                package_name: str, action_prefix: str,
                keep: int, disabled: tuple[str, ...] | None = None,
-               floor: int = 0, force: bool = False) -> manifest_mod.Manifest:
+               floor: int = 0, force: bool = False,
+               full: bool = False) -> manifest_mod.Manifest:
         """Publish ``modules`` as the next generation if they changed.
 
         Old generations are pruned before the new one is written, so a
@@ -500,7 +410,10 @@ class ManifestStore:
             this state directory, as the writer remembers it: the new one
             is above it even when the files that recorded it are gone.
         :param force: Publish even when the table did not change (to
-            restore a ``manifest.json`` that was removed).
+            restore a ``manifest.json`` that was removed), and store every
+            record that is not on disk.
+        :param full: Collect every blob no kept generation names
+            (:meth:`prune`), not only those of the generation removed.
         :returns: the new manifest, or ``previous`` when nothing changed.
         """
         if disabled is None:
@@ -508,53 +421,119 @@ class ManifestStore:
         candidate = manifest_mod.Manifest.build(
             modules, package_name, action_prefix,
             self.next_generation(max(previous.generation, floor)),
-            disabled)
+            disabled, previous=previous)
         if not force and previous.generation and \
                 candidate.same_table(previous):
             return previous
-        self.prune(max(keep - 1, 1), also=candidate)
-        self.publish(candidate)
+        self.prune(max(keep - 1, 1), also=candidate, full=full)
+        self.publish(candidate, verify=force)
         if keep == 1:
             # The prune above kept the served generation, whose blobs must
             # stay until the new one is published.
-            self.prune(keep)
+            self.prune(keep, full=full)
         return candidate
 
     def prune(self, keep: int,
-              also: manifest_mod.Manifest | None = None) -> int:
+              also: manifest_mod.Manifest | None = None,
+              full: bool = True) -> int:
         """Keep the newest ``keep`` generations and the blobs they use.
 
-        A blob stays while any kept generation serves it, directly or as
-        the in-tree import of another module, so an executor can still
-        load a version the engine chose a few generations ago.
+        A blob stays while any kept generation serves it (a module's
+        record, its source, or the source of an in-tree import of it), so
+        an executor can still load a version the engine chose a few
+        generations ago.
 
         :param keep: Generations to keep.
         :param also: A generation about to be published, whose blobs stay.
+        :param full: Look at every blob in the store, not only at those
+            of the generations removed: also collects what no generation
+            ever named (contents read by the walk, then changed again
+            before a publish). It lists the whole store, so the daemon
+            does it at a full scan, not at every publish.
         :returns: the number of blobs deleted.
         """
         numbers = self.generation_numbers()
         cut = max(len(numbers) - keep, 0)
         stale, kept = numbers[:cut], numbers[cut:]
+        candidates: set[str] = set()
         for number in stale:
+            if not full:
+                candidates |= self._blobs_of(self._index_or_none(number))
             os.unlink(self._generation_path(number))
+            self._indexes.pop(number, None)
+            self._generation_blobs.pop(number, None)
         referenced: set[str] = set()
-        generations = [also] if also is not None else []
+        if also is not None:
+            # Not stored yet: its records are read from memory.
+            referenced |= self._blobs_of_manifest(also)
         for number in kept:
-            path = self._generation_path(number)
-            try:
-                with open(path, 'rb') as stream:
-                    generations.append(manifest_mod.Manifest.from_json(
-                        stream.read(), path))
-            except (OSError, exceptions.ManifestError) as exc:
-                LOG.error('Ignoring unreadable old generation: %s', exc)
-        for generation in generations:
-            for module in generation.modules.values():
-                if module.good:
-                    referenced.add(module.good.sha256)
-                    referenced.update(s for s in module.good.imports.values()
-                                      if s)
-        self._remove_stale_temporaries()
-        return self.blobs.collect_garbage(referenced)
+            referenced |= self._blobs_of(self._index_or_none(number))
+        self._records = {sha: record for sha, record in self._records.items()
+                         if sha in referenced}
+        self._record_blobs = {sha: found for sha, found
+                              in self._record_blobs.items()
+                              if sha in referenced}
+        if full or not self._temporaries_removed:
+            self._remove_stale_temporaries()
+            self._temporaries_removed = True
+        if full:
+            return self.blobs.collect_garbage(referenced)
+        removed = 0
+        for sha in candidates - referenced:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.blobs.path(sha))
+                removed += 1
+        return removed
+
+    def _index_or_none(self, number: int) -> manifest_mod.Index | None:
+        try:
+            return self.index(number)
+        except (OSError, exceptions.ManifestError) as exc:
+            LOG.error('Ignoring unreadable old generation: %s', exc)
+            return None
+
+    def _blobs_of(self, index: manifest_mod.Index | None) -> frozenset:
+        """The records an index names and the sources they serve.
+
+        Kept per generation (a generation never changes), so a prune
+        costs the generations it removes and adds, not every kept one.
+        """
+        if index is None:
+            return frozenset()
+        found = self._generation_blobs.get(index.generation)
+        if found is None:
+            parts = []
+            for name, sha in index.records.items():
+                try:
+                    parts.append(self._record_blobs_of(
+                        sha, lambda n=name, s=sha: self.record(n, s)))
+                except exceptions.ManifestError as exc:
+                    LOG.error('Ignoring an unreadable record: %s', exc)
+                    parts.append(frozenset({sha}))
+            found = self._generation_blobs[index.generation] = \
+                frozenset().union(*parts)
+        return found
+
+    def _blobs_of_manifest(self, current: manifest_mod.Manifest
+                           ) -> frozenset:
+        """:meth:`_blobs_of` a generation held in memory."""
+        found = frozenset().union(*(
+            self._record_blobs_of(sha, lambda r=current.modules[name]: r)
+            for name, sha in current.record_shas.items()))
+        self._generation_blobs[current.generation] = found
+        return found
+
+    def _record_blobs_of(self, sha: str, record) -> frozenset:
+        """A record's own blob and the sources it names, by its sha256.
+
+        :param sha: The record's sha256.
+        :param record: Returns the record, when it is not known yet.
+        """
+        found = self._record_blobs.get(sha)
+        if found is None:
+            found = self._record_blobs[sha] = frozenset(
+                {sha, *_sources_of(record())})
+        return found
 
     def _remove_stale_temporaries(self) -> None:
         # Left by a writer killed between mkstemp and rename; only the
@@ -566,3 +545,16 @@ class ManifestStore:
             for name in files:
                 if name.startswith('.tmp-'):
                     os.unlink(os.path.join(directory, name))
+
+
+def _sources_of(record: manifest_mod.ModuleRecord) -> set[str]:
+    """The source blobs a record names: the version it serves and its
+    imports, and the content that failed with what it imported (probed
+    again when an import changes, without reading the file again)."""
+    found: set[str] = set()
+    for attempt in (record.good, record.error):
+        if attempt is None or attempt.sha256 is None:
+            continue
+        found.add(attempt.sha256)
+        found.update(s for s in attempt.imports.values() if s)
+    return found

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from collections.abc import Iterable
 
 from watchdog import events
 from watchdog.observers import inotify
@@ -45,9 +46,31 @@ def is_relevant(event: events.FileSystemEvent, root: str) -> bool:
                for p in paths if p)
 
 
+def changed_paths(changes: Iterable[events.FileSystemEvent],
+                  root: str) -> set[str]:
+    """The paths under ``root`` that ``changes`` name, relative to it.
+
+    Both ends of a move count: what left a path changed it as much as what
+    arrived. ``root`` itself is ``'.'``. Paths outside ``root`` (the state
+    directory's control files) are left out.
+
+    :param changes: A burst of events, as ``on_changes`` receives it.
+    :param root: The actions directory (its real path).
+    """
+    paths = set()
+    for event in changes:
+        for path in (event.src_path, getattr(event, 'dest_path', '')):
+            if not path:
+                continue
+            relpath = os.path.relpath(os.fsdecode(path), root)
+            if relpath != '..' and not relpath.startswith('..' + os.sep):
+                paths.add(relpath)
+    return paths
+
+
 def _is_relevant_path(path: str, root: str, is_directory: bool) -> bool:
     relpath = os.path.relpath(path, root)
-    if relpath == '.' :
+    if relpath == '.':
         return True
     if relpath.startswith('..'):
         return False

@@ -26,8 +26,9 @@ actions, and check the installation.
 
 Exit status: 0 when all is well; 1 when a checked or served file has an
 error (or a doctor check fails); 2 from status when the daemon is not
-running or cannot publish, a process lags or the broker is unreachable.
-See "mistral-hotload help COMMAND".
+running or cannot publish, a process lags or the broker is unreachable
+(with --cluster: a node lags, drifted, is unverified or in error, or the
+publisher is unreachable). See "mistral-hotload help COMMAND".
 """
 
 

@@ -25,13 +25,16 @@ Exit status of ``status``, for monitoring:
 Without ``transport_url`` the processes are not asked (they still load new
 generations by themselves) and the exit status depends on the daemon and
 the files only.
+
+``status --cluster`` shows every node of a cluster instead, from any
+node's configuration; it is :mod:`hotload.cli.cluster`, with its own
+states and exit status.
 """
 
 import os
 import time
 
 import oslo_messaging
-from cliff import columns
 from cliff import command
 from cliff import lister
 from cliff import show
@@ -40,14 +43,15 @@ from hotload import conf as hotload_conf
 from hotload import exceptions
 from hotload import signals
 from hotload import store
+from hotload.cli import cluster
+from hotload.cli.columns import LinesColumn
+from hotload.cli.columns import ProcessesColumn
 
 EXIT_OK = 0
 EXIT_FILE_ERRORS = 1
 EXIT_LAGGING = 2
 UNASKED = 'Mistral processes could not be asked'
-# Least time a broker gets to accept a TCP connection, whatever --timeout
-# says: less would call a working broker unreachable.
-MIN_BROKER_TIMEOUT = 0.5
+MIN_BROKER_TIMEOUT = signals.MIN_BROKER_TIMEOUT
 
 
 #: Room the daemon needs beside a manifest's size to publish the next.
@@ -63,31 +67,6 @@ def _size(path: str) -> int:
 
 class CommandError(Exception):
     """Reported by cliff as the command's error, exit status 1."""
-
-
-class LinesColumn(columns.FormattableColumn):
-    """A list shown one item per line in tables, as a list in json/yaml."""
-
-    def human_readable(self) -> str:
-        return '\n'.join(str(item) for item in self._value)
-
-    def machine_readable(self):
-        return list(self._value)
-
-
-class ProcessesColumn(columns.FormattableColumn):
-    """Mistral processes: a line each in tables, dicts in json/yaml."""
-
-    def human_readable(self) -> str:
-        return '\n'.join(
-            f'{p["service"]} pid {p["pid"]} on {p["host"]}: generation '
-            f'{p["generation"]}, {p["actions"]} actions'
-            + (f' - {p["state"].upper()}' if p['state'] != 'ok' else '')
-            + ''.join(f'\n  error: {e}' for e in p['errors'])
-            for p in self._value)
-
-    def machine_readable(self):
-        return list(self._value)
 
 
 class _StateCommand:
@@ -166,6 +145,17 @@ class Status(_StateCommand, show.ShowOne):
     has an error, 2 a process lags, the daemon is not running or cannot
     publish (a failing scan, a full disk), or the broker is unreachable
     (the processes could not be asked; see errors).
+
+    With --cluster: every host of the cluster (from any node's
+    configuration, a mirror's too: transport_url and cluster_key), its
+    daemon and Mistral processes, each ok, converging, lagging, drifted
+    (another digest, or above the publisher), unverified (a daemon status
+    not signed with this cluster_key), error or unknown. Exit status: 0
+    every node serves the publisher's generation; 1 otherwise converged,
+    but the publisher has files with an error or a node is still
+    converging within the grace period; 2 a node is lagging, drifted,
+    unverified or in error, two publishers answer, the publisher is
+    unreachable or no broker accepts a connection.
     """
 
     def get_parser(self, prog_name):
@@ -173,7 +163,8 @@ class Status(_StateCommand, show.ShowOne):
         parser.add_argument(
             '--timeout', type=float, default=2.0, metavar='SECONDS',
             help='How long to wait for the broker and the Mistral '
-                 'processes to answer (default: 2). An unreachable broker '
+                 'processes (with --cluster: and the daemons and the '
+                 'publisher) to answer (default: 2). An unreachable broker '
                  'is an error, exit status 2.')
         parser.add_argument(
             '--all-hosts', action='store_true',
@@ -182,9 +173,27 @@ class Status(_StateCommand, show.ShowOne):
         parser.add_argument(
             '--no-processes', action='store_true',
             help='Do not ask the Mistral processes (no broker needed).')
+        parser.add_argument(
+            '--cluster', action='store_true',
+            help='Show every node of the cluster instead: the publisher, '
+                 'each daemon and Mistral process per host, with their '
+                 'generation, digest and state (needs transport_url and '
+                 'cluster_key, no state_dir).')
+        parser.add_argument(
+            '--grace', type=float, metavar='SECONDS',
+            help='With --cluster: how long after the publisher published '
+                 'a node may still serve an older generation and be '
+                 '"converging" (exit status 1) rather than "lagging" '
+                 '(exit status 2). Default: [hotload] cluster_grace '
+                 '(60).')
         return parser
 
     def take_action(self, parsed_args):
+        if parsed_args.cluster:
+            found = cluster.status(self.app.conf, parsed_args.timeout,
+                                   parsed_args.grace)
+            self.exit_status = found.exit_status
+            return tuple(found.fields), tuple(found.fields.values())
         states = self.states()
         current = self.current()
         status = states.load_status()
@@ -236,7 +245,7 @@ class Status(_StateCommand, show.ShowOne):
             'generation': generation,
             'published_at': current.created_at if current else '',
             'modules': len(current.modules) if current else 0,
-            'actions': len(current.actions()) if current else 0,
+            'actions': current.action_count() if current else 0,
             'disabled': LinesColumn(current.disabled if current else ()),
             'last_scan': (f'{status["last_scan_at"]}: '
                           f'{status.get("last_scan_probed", 0)} probed in '

@@ -13,6 +13,7 @@ all others, so the single-node tests never see an engine or executor of
 another node.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,6 +33,11 @@ from tests.polling import DEADLINE  # noqa: E402
 from tests.polling import wait_for  # noqa: E402
 
 PREFIX = 'hot'
+#: ``[hotload] cluster_key`` of every node: the publisher on node A signs
+#: with it, the mirrors on B and C check with it.
+CLUSTER_KEY = 'functional-cluster-key-' + os.urandom(16).hex()
+#: Node A's ``[DEFAULT] host``.
+NODE_A = 'node-a'
 
 
 def children(pid: int) -> set[int]:
@@ -85,6 +91,14 @@ class Daemon:
     def generation(self) -> int:
         current = self.states.load()
         return current.generation if current else 0
+
+    def digest(self) -> str | None:
+        """sha256 of the manifest its state directory serves."""
+        try:
+            return store.sha256_hex(
+                Path(self.states.current_path).read_bytes())
+        except FileNotFoundError:
+            return None
 
 
 class Node:
@@ -159,12 +173,19 @@ def node(tmp_path_factory):
     state_dir = base / 'state'
     harness = mistral_harness.MistralHarness(
         mistral_harness.default_venv(), base / 'mistral',
-        extra_config={'hotload': {
-            'actions_dir': str(actions_dir),
-            'state_dir': str(state_dir),
-            'action_prefix': PREFIX,
-            'probe_timeout': 10,
-        }})
+        extra_config={
+            'DEFAULT': {'host': NODE_A},
+            'engine': {'host': NODE_A},
+            'executor': {'host': NODE_A},
+            'hotload': {
+                'actions_dir': str(actions_dir),
+                'state_dir': str(state_dir),
+                'action_prefix': PREFIX,
+                'probe_timeout': 10,
+                # The publisher serves mirrors only with a key; a single
+                # node works the same with or without one.
+                'cluster_key': CLUSTER_KEY,
+            }})
     with harness:
         daemon = Daemon(harness.config_file, base / 'daemon.log', state_dir)
         daemon.start()
@@ -174,9 +195,16 @@ def node(tmp_path_factory):
             daemon.kill()
 
 
-#: More ``[hotload]`` options of nodes B and C, e.g. the mirror daemons'
-#: ``mode`` and ``cluster_key`` (issue 9).
-CLUSTER_HOTLOAD: dict[str, dict[str, object]] = {'b': {}, 'c': {}}
+#: ``[hotload]`` of nodes B and C: each runs a mirror daemon.
+MIRROR_HOTLOAD: dict[str, object] = {
+    'mode': 'mirror',
+    'cluster_key': CLUSTER_KEY,
+    'action_prefix': PREFIX,
+    # Announcements make mirrors converge; the periodic comparison only
+    # catches what was missed, which no test here waits for.
+    'mirror_check_interval': 30,
+    'cluster_timeout': 5,
+}
 
 
 class Cluster:
@@ -188,17 +216,38 @@ class Cluster:
     executor, and its ``mistral.conf`` points ``[database] connection``
     at a closed port. ``b`` and ``c`` are ``MistralNode`` objects; all
     three have ``host``, ``servers``, ``pids``, ``config_file``,
-    ``state_dir`` and ``server_log(server)``.
+    ``state_dir`` and ``server_log(server)``. ``daemons`` holds each
+    node's daemon by letter: the publisher (``node.daemon``) on ``a``,
+    mirrors on ``b`` and ``c``.
     """
 
-    def __init__(self, node: Node, b, c) -> None:
+    def __init__(self, node: Node, b, c, mirrors: dict[str, Daemon]) -> None:
         self.node = node
         self.a = node.harness
         self.b = b
         self.c = c
         #: Every node by its letter.
         self.nodes = {'a': self.a, 'b': b, 'c': c}
+        self.daemons = {'a': node.daemon, **mirrors}
         self.started_pids = self.server_pids()
+
+    def generations(self) -> dict[str, int]:
+        """``{letter: generation its state directory serves}``."""
+        return {letter: daemon.generation()
+                for letter, daemon in self.daemons.items()}
+
+    def converged(self) -> bool:
+        """Every node's state directory holds the publisher's manifest."""
+        digests = {letter: daemon.digest()
+                   for letter, daemon in self.daemons.items()}
+        return len(set(digests.values())) == 1 and None not in \
+            digests.values()
+
+    def wait_converged(self, what: str = 'every node on the publisher\'s '
+                       'generation') -> int:
+        """Wait until every node serves the publisher's generation."""
+        wait_for(self.converged, what)
+        return self.node.daemon.generation()
 
     def server_pids(self) -> dict[str, dict[str, tuple[int, frozenset]]]:
         """``{host: {server: (master PID, its workers' PIDs)}}``."""
@@ -223,21 +272,23 @@ def cluster(node, tmp_path_factory):
     base = tmp_path_factory.mktemp('cluster')
     os.chmod(base, 0o755)
     harness = node.harness
-    b = harness.add_node('node-b', ('engine', 'executor'),
-                         workdir=base / 'node-b',
-                         hotload={'action_prefix': PREFIX,
-                                  **CLUSTER_HOTLOAD['b']})
-    try:
+    with contextlib.ExitStack() as stack:
+        b = harness.add_node('node-b', ('engine', 'executor'),
+                             workdir=base / 'node-b', hotload=MIRROR_HOTLOAD)
+        stack.callback(b.stop)
         c = harness.add_node('node-c', ('executor',), database=False,
-                             workdir=base / 'node-c',
-                             hotload={'action_prefix': PREFIX,
-                                      **CLUSTER_HOTLOAD['c']})
-        try:
-            yield Cluster(node, b, c)
-        finally:
-            c.stop()
-    finally:
-        b.stop()
+                             workdir=base / 'node-c', hotload=MIRROR_HOTLOAD)
+        stack.callback(c.stop)
+        mirrors = {}
+        for letter, member in (('b', b), ('c', c)):
+            mirrors[letter] = Daemon(member.config_file,
+                                     member.workdir / 'daemon.log',
+                                     member.state_dir)
+            stack.callback(mirrors[letter].kill)
+            mirrors[letter].start()
+        cluster = Cluster(node, b, c, mirrors)
+        cluster.wait_converged('the mirrors to copy the publisher')
+        yield cluster
 
 
 def pytest_collection_modifyitems(items):

@@ -165,6 +165,10 @@ def test_removed_state_directory_is_rebuilt_above_its_generation(
                  f'{name}.py')
     before = daemon.states.load()
     assert before.generation >= 2
+    # The status file is the scan's last write: removing the directory
+    # while it is written would race with it ("Directory not empty").
+    wait_for(lambda: daemon.states.load_status().get('generation')
+             == before.generation, 'the scan to finish')
 
     shutil.rmtree(daemon.states.state_dir)
     after = wait_for(lambda: (daemon.current() or None) if (
@@ -258,9 +262,9 @@ def test_prune_comes_before_publish(tmp_path):
     seen = []
     publish = states.publish
 
-    def counting_publish(candidate):
+    def counting_publish(candidate, **kwargs):
         seen.append(len(states.generation_numbers()))
-        publish(candidate)
+        publish(candidate, **kwargs)
 
     states.publish = counting_publish
     states.commit(current, _modules('v9'), 'pkg', 'hot', keep=2)
@@ -470,3 +474,25 @@ def test_any_thread_dying_is_logged_and_restarts_the_worker(
     reason = wait_for(lambda: daemon_in_process.restarts,
                       'a restart of the worker')[0]
     assert 'watchdog-reader: RecursionError' in reason
+
+
+def test_continue_above_republishes_the_same_table_higher(
+        tree, daemon_in_process):
+    """A mirror serves generation 7 (the publisher moved): the table is
+    published again as generation 8, unchanged; then as 9 when a mirror
+    has this publisher's number with other bytes."""
+    daemon = daemon_in_process
+    states = daemon.states
+    assert states.load().generation == 1
+    first = states.load()
+    daemon.continue_above(7)
+    wait_for(lambda: states.load().generation == 8, 'generation 8')
+    assert states.load().same_table(first)
+    daemon.continue_above(8)
+    wait_for(lambda: states.load().generation == 9, 'generation 9')
+    # Below what is served: a scan, nothing published.
+    daemon.continue_above(3)
+    wait_for(lambda: daemon._lift_above == 0, 'the scan')
+    assert states.generation_numbers()[-1] == 9
+    tree.write('greet.py', GREET)
+    wait_for(lambda: states.load().generation == 10, 'the next change')

@@ -143,8 +143,8 @@ def test_untrusted_or_broken_manifest_keeps_the_table(tree, scan, provider):
     assert provider.find('hot.greet.greet') is not None
     path = scan.states.current_path
     loads = []
-    real_load = provider.states.load
-    provider.states.load = lambda: loads.append(1) or real_load()
+    real_load = provider._read_manifest
+    provider._read_manifest = lambda: loads.append(1) or real_load()
     os.chmod(path, 0o666)  # someone else could have written it
     for _ in range(3):
         assert provider.find('hot.greet.greet') is not None
@@ -154,16 +154,17 @@ def test_untrusted_or_broken_manifest_keeps_the_table(tree, scan, provider):
     os.chmod(path, 0o644)
     os.unlink(path)
     with open(path, 'w') as stream:
-        stream.write('{"schema": 1, "generation": 9, "created_at": "", '
+        stream.write('{"schema": 2, "generation": 9, "created_at": "", '
                      '"package_name": "p", "action_prefix": "", '
-                     '"modules": {"x": 1}}')
+                     '"modules": {"x": "not a record"}}')
     for _ in range(3):
         assert provider.find('hot.greet.greet') is not None
     wait_for(lambda: len(provider.cache.errors) == 2, 'the second refusal')
     for _ in range(3):
         assert provider.find('hot.greet.greet') is not None
     assert len(loads) == 1  # read once, refused until it changes
-    assert 'malformed manifest' in provider.cache.errors[-1]
+    assert "names record 'not a record', which is not a sha256" in \
+        provider.cache.errors[-1]
 
 
 def test_version_in_use_stays_loaded_until_its_action_is_gone(
@@ -190,3 +191,34 @@ def test_version_in_use_stays_loaded_until_its_action_is_gone(
     monkeypatch.setattr(versions, 'HOLD_GRACE', 0.0)  # ...a while ago
     provider.cache.sweep()
     assert key not in provider.cache.loaded()
+
+
+def test_a_new_generation_reads_only_the_records_that_changed(
+        tree, scan, provider, monkeypatch):
+    for index in range(6):
+        tree.write(f'greet{index}.py', GREET)
+    scan()
+    provider.refresh()
+    assert len(provider.find_all()) == 6
+    kept = provider.find('hot.greet0.greet')
+    reads = []
+    read_record = provider.states.read_record
+
+    def counted(name, sha):
+        reads.append(name)
+        return read_record(name, sha)
+
+    monkeypatch.setattr(provider.states, 'read_record', counted)
+    tree.write('greet3.py', GREET.replace('hello', 'hi'))
+    tree.write('greet6.py', GREET)
+    tree.remove('greet5.py')
+    scan()
+    assert provider.refresh()
+    # One record per changed or added module; none for the removed one.
+    assert sorted(reads) == ['greet3', 'greet6']
+    assert provider.find('hot.greet0.greet') is kept
+    assert provider.find('hot.greet5.greet') is None
+    assert run(provider.find('hot.greet3.greet').instantiate(
+        {'who': 'ann'}, {})) == 'hi ann!'
+    assert sorted(d.name for d in provider.find_all()) == [
+        f'hot.greet{i}.greet' for i in (0, 1, 2, 3, 4, 6)]

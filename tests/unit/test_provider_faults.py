@@ -23,6 +23,7 @@ from mistral_lib.actions import context as ml_context
 from oslo_config import cfg
 
 from hotload import conf as hotload_conf
+from hotload import descriptors
 from hotload import exceptions
 from hotload import manifest as manifest_mod
 from hotload import provider as provider_mod
@@ -64,7 +65,7 @@ def block_loads(provider, monkeypatch):
     opens the returned gate (``entered`` is set once one waits)."""
     blocked = types.SimpleNamespace(entered=threading.Event(),
                                     gate=threading.Event())
-    real_load = provider.states.load
+    real_load = provider._read_manifest
 
     def load():
         blocked.entered.set()
@@ -72,7 +73,7 @@ def block_loads(provider, monkeypatch):
         return real_load()
 
     def block():
-        monkeypatch.setattr(provider.states, 'load', load)
+        monkeypatch.setattr(provider, '_read_manifest', load)
         return blocked
 
     yield block
@@ -159,8 +160,8 @@ def test_an_older_generation_is_refused_once(tree, scan, provider,
     serving = provider.find(NAME)
     assert provider.generation == first.generation + 1
     loads = []
-    real_load = provider.states.load
-    monkeypatch.setattr(provider.states, 'load',
+    real_load = provider._read_manifest
+    monkeypatch.setattr(provider, '_read_manifest',
                         lambda: loads.append(1) or real_load())
     scan.states.publish(first)  # a stale state directory comes back
     for _ in range(3):
@@ -208,7 +209,7 @@ def imports_here(log: str, word: str) -> int:
 
 def serialized(ref, **state) -> str:
     """A serialized action of ``ref``, as an engine that ran it sends."""
-    action = provider_mod.HotloadAction(types.SimpleNamespace(**state), ref)
+    action = descriptors.HotloadAction(types.SimpleNamespace(**state), ref)
     return serialization.get_polymorphic_serializer().serialize(action)
 
 
@@ -302,6 +303,8 @@ def unblock(fifo: str) -> None:
     (lambda ref: ref.update(module='../../x'), ['module']),
     (lambda ref: ref.update(class_name='Greet; x'), ['class_name']),
     (lambda ref: ref.update(packages='greet'), ['packages']),
+    (lambda ref: ref.update(generation=-1), ['generation -1 is not a']),
+    (lambda ref: ref.update(generation=False), ['generation False']),
 ])
 def test_a_malformed_reference_fails_the_action_cleanly(good, spoil, words):
     outer, inner = good

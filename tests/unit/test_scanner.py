@@ -192,4 +192,10 @@ def test_old_blobs_are_collected(tree, scan):
     blobs = {name for _d, _s, files in os.walk(scan.states.blobs.root)
              for name in files}
     assert first_sha not in blobs
-    assert len(blobs) == 5
+    # Each kept generation: the module's source and its record.
+    kept = [scan.states.index(n) for n in scan.states.generation_numbers()]
+    records = {index.records['greet'] for index in kept}
+    sources = {scan.states.record('greet', sha).good.sha256
+               for sha in records}
+    assert blobs == records | sources
+    assert len(blobs) == 10

@@ -7,6 +7,7 @@ A node with a real broker and Mistral is in tests/functional.
 
 import contextlib
 import json
+import os
 import re
 import socket
 import subprocess
@@ -181,3 +182,64 @@ def test_without_transport_the_daemon_and_files_decide(
     assert 'Mistral processes cannot be asked' in result.stderr
     assert found['processes'] == []
     assert not any(UNASKED in e for e in found['errors'])
+
+
+# status --cluster: from any node's configuration (a mirror's: no
+# actions_dir, no state_dir of its own needed), never hanging.
+
+def write_mirror_conf(tmp_path, transport_url: str | None) -> str:
+    path = tmp_path / 'mirror.conf'
+    default = (f'[DEFAULT]\ntransport_url = {transport_url}\n'
+               if transport_url else '')
+    path.write_text(default + textwrap.dedent(f'''\
+        [hotload]
+        mode = mirror
+        cluster_key = {CLUSTER_KEY}
+        state_dir = {tmp_path / 'no-state'}
+    '''))
+    return str(path)
+
+
+CLUSTER_KEY = 'a-cluster-key-for-the-status-tests-0123456789'
+
+
+def cluster_status(config: str, *args: str):
+    result, elapsed = hotload(config, 'status', '--cluster', '-f', 'json',
+                              *args)
+    assert result.stdout, result.stderr
+    output = result.stdout + result.stderr
+    assert CLUSTER_KEY not in output and 'guest' not in output
+    return result, json.loads(result.stdout), elapsed
+
+
+def test_cluster_status_with_the_broker_down_is_exit_2(tmp_path):
+    config = write_mirror_conf(tmp_path, 'rabbit://guest:guest@127.0.0.1:1/')
+    result, found, _ = cluster_status(config)
+    assert result.returncode == 2, result.stderr
+    why = 'broker 127.0.0.1:1 unreachable (Connection refused)'
+    assert found['publisher'] == f'unreachable: {why}'
+    assert found['errors'] == [f'the publisher is unreachable: {why}']
+    assert found['nodes'] == []
+    assert found['grace'] == 60.0
+    assert not os.path.exists(tmp_path / 'no-state')
+
+
+def test_cluster_status_with_a_silent_broker_answers_at_the_deadline(
+        tmp_path):
+    with silent_broker() as port:
+        config = write_mirror_conf(
+            tmp_path, f'rabbit://guest:guest@127.0.0.1:{port}/')
+        result, found, elapsed = cluster_status(config, '--timeout', '1',
+                                                '--grace', '5')
+    assert result.returncode == 2, result.stderr
+    assert found['publisher'].startswith('unreachable: ')
+    assert found['grace'] == 5.0
+    assert any('could not be asked' in e for e in found['errors'])
+    assert elapsed < 15
+
+
+def test_cluster_status_without_transport_is_exit_2(tmp_path):
+    result, found, _ = cluster_status(write_mirror_conf(tmp_path, None))
+    assert result.returncode == 2
+    assert found['publisher'].startswith(
+        'unreachable: no transport_url is configured')

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from hotload import blobs
 from hotload import exceptions
 from hotload import manifest
 from hotload import store
@@ -134,6 +135,8 @@ def test_killing_the_writer_at_any_step_never_tears_the_manifest(tmp_path):
     for stop_at in range(1, total + 1):
         states = fresh_state(f'killed-{stop_at}')
         assert _run_writer(states.state_dir, stop_at) == 'stopped'
+        # The next writer is another process, as after a crash.
+        states = store.ManifestStore(states.state_dir)
         current = states.load()
         assert current.generation in (1, 2), stop_at
         expected = 'one' if current.generation == 1 else 'two'
@@ -146,3 +149,36 @@ def test_killing_the_writer_at_any_step_never_tears_the_manifest(tmp_path):
         leftovers = [name for _d, _s, files in os.walk(states.state_dir)
                      for name in files if name.startswith('.tmp-')]
         assert leftovers == [], stop_at
+
+
+def test_blobs_reach_the_disk_together_before_the_index_names_them(
+        tmp_path, monkeypatch):
+    states = store.ManifestStore(str(tmp_path / 'state'))
+    states.ensure()
+    events = []
+    monkeypatch.setattr(blobs, '_SYNCFS',
+                        lambda fd: events.append('syncfs') or 0)
+    fsync = os.fsync
+    monkeypatch.setattr(os, 'fsync',
+                        lambda fd: events.append('fsync') or fsync(fd))
+    for index in range(50):
+        states.blobs.put(f'source {index}\n'.encode())
+    assert events == []  # written, not yet waited for
+    states.commit(manifest.Manifest.empty('pkg', 'hot'), _modules('one'),
+                  'pkg', 'hot', 2)
+    # One syncfs for the 50 sources and the record, then the index file
+    # and its directory, then the state directory (manifest.json).
+    assert events[0] == 'syncfs' and events.count('syncfs') == 1
+    assert events.count('fsync') == 3
+    states.commit(states.load(), _modules('one'), 'pkg', 'hot', 2)
+    assert events.count('syncfs') == 1  # nothing new: no publish, no sync
+
+
+def test_a_blob_left_short_by_a_crash_is_written_again(tmp_path):
+    blob_store = blobs.BlobStore(str(tmp_path))
+    sha = blob_store.put(b'print("whole")\n')
+    os.chmod(blob_store.path(sha), 0o644)
+    with open(blob_store.path(sha), 'wb'):
+        pass  # the rename reached the disk, the data did not
+    assert blob_store.put(b'print("whole")\n') == sha
+    assert blob_store.get(sha) == b'print("whole")\n'

@@ -74,7 +74,7 @@ class RestApi:
                     f'workflow {name} still {execution["state"]} after '
                     f'{timeout}s; engine log:\n'
                     f'{tail(self.server_log("engine"))}')
-            time.sleep(0.1)
+            time.sleep(0.02)
             execution = self.request('GET', path)
         execution['output'] = json.loads(execution.get('output') or '{}')
         if cleanup:
