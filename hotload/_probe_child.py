@@ -30,6 +30,8 @@ from hotload import _probe_imports
 from hotload import loader
 
 TRACEBACK_LIMIT = 4000
+#: Most of a module's output a batch reports (its last bytes).
+OUTPUT_LIMIT = 4000
 PARENT_MAIN_ENV = 'HOTLOAD_PROBE_PARENT_MAIN'
 #: True in the forkserver (and so in the probes forked from it).
 IN_FORKSERVER = False
@@ -41,6 +43,7 @@ _refs = None
 # (that is reported), and the report must still get out.
 _dumps = json.dumps
 _open = io.open
+_write, _lseek, _pread = os.write, os.lseek, os.pread
 
 
 def _prepare_forkserver() -> None:
@@ -306,6 +309,57 @@ def _own_static_imports(request: dict[str, Any]) -> dict[str, str | None]:
     return imports
 
 
+def run_batch(request: dict[str, Any]) -> None:
+    """Entry point of a worker that probes several modules in turn.
+
+    Each module of ``request['batch']`` is probed as by :func:`run`, with
+    its own snapshot of the interpreter, and the in-tree modules of the
+    one before removed first (it imports its own fresh, as alone). The
+    batch stops after the first module that is not clean (any error,
+    thread or process): what it did may still be in the process, so the
+    daemon probes it and the rest one by one (see
+    :meth:`hotload.probe.Probe.probe_batch`).
+
+    One output file and one result file serve the whole batch (creating
+    two files a module cost as much as a small module's import): each
+    module's result is a line of JSON appended to ``result_path``, with
+    what it printed.
+
+    :param request: As for :func:`run`, with ``batch``, the modules, in
+        place of ``module``.
+    """
+    _limit(request)
+    _redirect_output(request['output_path'])
+    results = os.open(request['result_path'],
+                      os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    package_prefix = request['package_name'] + '.'
+    for module in request['batch']:
+        started = _lseek(1, 0, os.SEEK_END)
+        result = _probe_guarded({**request, 'module': module})
+        if os.getpid() != _worker_pid:
+            return  # a process the module forked, come back up the stack
+        ended = _lseek(1, 0, os.SEEK_END)
+        output = _pread(1, min(ended - started, OUTPUT_LIMIT),
+                        max(started, ended - OUTPUT_LIMIT))
+        _write(results, _dumps({
+            'module': module, 'result': result,
+            'output': output.decode('utf-8', 'replace')}).encode() + b'\n')
+        if not is_clean(result):
+            return
+        sys.meta_path[:] = [finder for finder in sys.meta_path
+                            if not isinstance(finder, loader.TreeImporter)]
+        for name in [name for name in sys.modules
+                     if name.startswith(package_prefix)]:
+            del sys.modules[name]
+
+
+def is_clean(result: dict[str, Any] | None) -> bool:
+    """True for a module that imported without any error, thread or
+    process: nothing of its import is left that another one could see."""
+    return bool(result) and not result.get('partial') and \
+        not result.get('error') and not result.get('started')
+
+
 def run(request: dict[str, Any]) -> None:
     """Entry point of a probe's worker process (forked by its guard,
     hotload._probe_guard, which kills whatever this one leaves behind).
@@ -317,9 +371,20 @@ def run(request: dict[str, Any]) -> None:
 
     :param request: What to probe; see :meth:`hotload.probe.Probe.probe`.
     """
+    _limit(request)
+    _write_result(request['result_path'],
+                  {'partial': True,
+                   'imports': _own_static_imports(request)})
+    _redirect_output(request['output_path'])
+    result = _probe_guarded(request)
+    _write_result(request['result_path'], result)
+
+
+def _limit(request: dict[str, Any]) -> None:
+    """The worker's limits: memory, core files, output size."""
     global _worker_pid
-    # Until the stack dump below is set up, a timeout's SIGUSR1 must not
-    # kill the process (it would be reported as a crash).
+    # Until the stack dump is set up (_redirect_output), a timeout's
+    # SIGUSR1 must not kill the process (it would be reported as a crash).
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     _worker_pid = os.getpid()
     limit = request['memory_limit']
@@ -331,12 +396,13 @@ def run(request: dict[str, Any]) -> None:
     # Past the limit a write then fails (an exception with its line)
     # instead of the process dying of SIGXFSZ.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    _write_result(request['result_path'],
-                  {'partial': True,
-                   'imports': _own_static_imports(request)})
+
+
+def _redirect_output(path: str) -> None:
+    """Standard input from /dev/null; output and errors to ``path``."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    output = os.open(request['output_path'], os.O_WRONLY | os.O_APPEND)
+    output = os.open(path, os.O_RDWR | os.O_APPEND)
     os.dup2(output, 1)
     os.dup2(output, 2)
     sys.stdout = open(1, 'w', closefd=False)
@@ -344,6 +410,10 @@ def run(request: dict[str, Any]) -> None:
     # On timeout the parent sends SIGUSR1 first: the stack dump tells
     # which line the import is stuck on.
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=False)
+
+
+def _probe_guarded(request: dict[str, Any]) -> dict[str, Any]:
+    """The module's result, with what it printed flushed to the file."""
     try:
         result = _probe(request)
     except MemoryError:
@@ -354,4 +424,4 @@ def run(request: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
         sys.stdout.flush()
         sys.stderr.flush()
-    _write_result(request['result_path'], result)
+    return result

@@ -71,7 +71,10 @@ def run(request: dict[str, Any], conn: connection.Connection) -> None:
         and what the worker reads.
     :param conn: The daemon's end sends one command per module (its name,
         its output and result paths, and the tree's sources when they
-        changed); this end answers each with the report, as JSON.
+        changed), or per batch of modules (``batch``: those for each, see
+        :func:`hotload._probe_child.run_batch`; one worker imports them
+        in turn, within one module's timeout); this end answers each with
+        the report, as JSON.
     """
     # A session of its own: the daemon's last resort, if this process
     # stops answering, is to kill the session's process group.
@@ -162,7 +165,10 @@ def _work(request: dict[str, Any], guard: int, conn_fd: int) -> None:
         # If the guard dies, so does the import.
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == guard:
-            _probe_child.run(request)
+            if 'batch' in request:
+                _probe_child.run_batch(request)
+            else:
+                _probe_child.run(request)
             code = 0
     except BaseException:  # noqa: BLE001 - report and exit, whatever it is
         with contextlib.suppress(Exception):

@@ -160,6 +160,7 @@ class Daemon:
         self._probe = self._resources.enter_context(probe_mod.Probe(
             self.root, options.package_name, self.states.blobs.root,
             options.probe_timeout, options.probe_memory_limit))
+        self._probe.prestart(options.probe_workers)
         if signals.transport_configured(self.conf):
             self._publisher = signals.Publisher(self.conf)
             self._resources.callback(self._publisher.close)

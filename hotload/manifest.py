@@ -158,6 +158,13 @@ class ModuleRecord:
     def actions(self) -> tuple[ActionSpec, ...]:
         return self.good.actions if self.good else ()
 
+    @functools.cached_property
+    def blob(self) -> bytes:
+        """The bytes of this record's blob (:func:`record_json`), made
+        once: a new record is hashed when its generation is built, and
+        stored when it is published."""
+        return record_json(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class Index:
@@ -423,7 +430,7 @@ def record_json(record: ModuleRecord) -> bytes:
 
 def record_sha(record: ModuleRecord) -> str:
     """The sha256 a record is stored and named under."""
-    return hashlib.sha256(record_json(record)).hexdigest()
+    return hashlib.sha256(record.blob).hexdigest()
 
 
 def record_from_json(data: bytes, name: str, sha256: str | None = None,
@@ -483,11 +490,24 @@ def content_key(module: str, sha256: str,
 def _record_to_dict(record: ModuleRecord) -> dict[str, Any]:
     good = None
     if record.good:
-        good = dataclasses.asdict(record.good)
-        good['actions'] = [dataclasses.asdict(a) for a in record.good.actions]
-        good['packages'] = list(record.good.packages)
-    error = dataclasses.asdict(record.error) if record.error else None
+        good = _fields(record.good)
+        good['actions'] = [_fields(a) for a in record.good.actions]
+    error = _fields(record.error) if record.error else None
     return {'path': record.path, 'good': good, 'error': error}
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    """A dataclass's fields, not copied: the values are what JSON
+    writes as they are (text, numbers, dicts of text, tuples of text).
+    ``dataclasses.asdict`` deep-copies each, most of a first scan's
+    time to write its thousand records."""
+    return {name: getattr(instance, name)
+            for name in _field_names(type(instance))}
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
 
 
 def _record_from_dict(name: str, data: dict[str, Any]) -> ModuleRecord:

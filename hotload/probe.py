@@ -9,14 +9,16 @@ Why a forkserver: a cold interpreter that imports mistral-lib takes about
 daemon threads, no watchdog, no messaging) that preloads the probe and
 mistral-lib once, then forks a fresh child for every module in a few
 milliseconds. Each child is still a separate process that exits after one
-module, so nothing one module does at import leaks into another's probe.
+module, so nothing one module does at import leaks into another's probe;
+a first scan imports several modules per child, each after modules
+whose import left nothing the probe can see (:meth:`Probe.probe_batch`).
 
 That child is a guard (hotload._probe_guard) which forks the process that
 imports the module and answers for every process below it: the timeout,
 the cleanup, and :meth:`Probe.cancel`. A guard probes one module after
 another, each in a fresh worker, so a scan pays for starting a process
 through the forkserver once per guard, not per module
-(hotload._probe_batch).
+(hotload._probe_pool).
 """
 
 import contextlib
@@ -33,13 +35,19 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from collections.abc import Mapping
+from collections.abc import Sequence
 
-from hotload import _probe_batch
+from oslo_log import log as logging
+
 from hotload import _probe_child
+from hotload import _probe_pool
 from hotload import exceptions
 from hotload import loader
 from hotload import manifest
+
+LOG = logging.getLogger(__name__)
 
 #: Seconds the child gets to write its stack after SIGUSR1 on timeout.
 STACK_DUMP_GRACE = 0.5
@@ -142,7 +150,7 @@ class Probe:
         self._idle = threading.Condition(self._lock)
         self._cancelled_at: float | None = None
         self._active = 0  # probe() calls under way
-        self._pool = _probe_batch.GuardPool(self._start_guard)
+        self._pool = _probe_pool.GuardPool(self._start_guard)
         self._encoded_sources: tuple | None = None
         self._snapshots = 0
 
@@ -158,6 +166,29 @@ class Probe:
                 self._cancelled_at = time.monotonic()
         for guard in self._pool.all():
             guard.signal(signal.SIGTERM)
+
+    def prestart(self, count: int) -> None:
+        """Start ``count`` guards in the background, for the next probes.
+
+        Called before a first scan walks the tree: the forkserver and
+        the guards start meanwhile (some 0.4 s), on a core the walk
+        leaves idle. :meth:`close` waits for it.
+
+        :param count: Guards wanted (the scan's ``probe_workers``).
+        """
+        def start() -> None:
+            try:
+                with self._in_flight():
+                    self._pool.prestart(count)
+            except exceptions.ScanCancelled:
+                pass
+            except Exception:
+                # The scan starts its guards itself, and reports a
+                # failure to do so as each module's.
+                LOG.exception('Starting the probe guards failed')
+
+        threading.Thread(target=start, name='hotload-probe-prestart',
+                         daemon=True).start()
 
     def close(self) -> None:
         """Cancel, wait for the probes in flight, remove the temporary
@@ -185,11 +216,45 @@ class Probe:
             see the same content the scanner hashed.
         :raises ScanCancelled: when :meth:`cancel` was called.
         """
+        with self._in_flight():
+            return self._probe(module, sources)
+
+    def probe_batch(self, modules: Sequence[str],
+                    sources: Mapping[str, loader.SourceRef]
+                    ) -> dict[str, ProbeResult]:
+        """Import ``modules`` in turn in one child process; the results of
+        those that imported clean.
+
+        For many modules at once (a first scan): a process per module
+        costs more than most imports (a fork, then copying every page the
+        import touches). Each module still gets a snapshot of its own and
+        imports its in-tree modules afresh, so a clean result is the one
+        it gets alone, short of what the probe cannot see (a library's
+        class patched in place), which Mistral's processes, where every
+        hot module is imported together, share anyway. The batch stops
+        at the first module that is not clean (an error, a thread, a
+        process), and a batch that runs out of one module's ``timeout``
+        or leaves a process behind yields nothing: what is missing from
+        the result must be probed alone, with :meth:`probe`, so that
+        every error is reported as an isolated probe finds it.
+
+        :param modules: Dotted names inside the package, each in
+            ``sources`` with a sha256.
+        :param sources: As for :meth:`probe`.
+        :returns: Module name to result, for the clean modules from the
+            start of ``modules`` on (possibly none).
+        :raises ScanCancelled: when :meth:`cancel` was called.
+        """
+        with self._in_flight():
+            return self._probe_many(list(modules), sources)
+
+    @contextlib.contextmanager
+    def _in_flight(self) -> Iterator[None]:
         with self._lock:
             self._check_cancelled()
             self._active += 1
         try:
-            return self._probe(module, sources)
+            yield
         finally:
             with self._lock:
                 self._active -= 1
@@ -199,31 +264,58 @@ class Probe:
         if self._cancelled_at is not None:
             raise exceptions.ScanCancelled('the probe was cancelled')
 
+    def _files(self) -> dict[str, str]:
+        """An output file and a result file, in the private directory."""
+        fd, output_path = tempfile.mkstemp(dir=self._tmp, suffix='.out')
+        os.close(fd)
+        return {'output_path': output_path,
+                'result_path': output_path[:-len('.out')] + '.json'}
+
     def _probe(self, module: str,
                sources: Mapping[str, loader.SourceRef]) -> ProbeResult:
         snapshot, encoded = self._encoded(sources)
-        fd, output_path = tempfile.mkstemp(dir=self._tmp, suffix='.out')
-        os.close(fd)
-        result_path = output_path[:-len('.out')] + '.json'
-        command = {'module': module, 'snapshot': snapshot,
-                   'output_path': output_path, 'result_path': result_path}
+        command = {**self._files(), 'module': module, 'snapshot': snapshot}
         try:
             report, exitcode = self._run(command, encoded)
             with self._lock:
                 self._check_cancelled()
-            output = _tail(output_path, OUTPUT_LIMIT)
-            result = _read_result(result_path)
+            output = _tail(command['output_path'], OUTPUT_LIMIT)
+            result = _read_result(command['result_path'])
         finally:
-            for path in (output_path, result_path):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            _remove(command)
         return self._result(module, sources, result, report, exitcode,
                             output)
 
+    def _probe_many(self, modules: list[str],
+                    sources: Mapping[str, loader.SourceRef]
+                    ) -> dict[str, ProbeResult]:
+        snapshot, encoded = self._encoded(sources)
+        command = {**self._files(), 'batch': modules, 'snapshot': snapshot}
+        results: dict[str, ProbeResult] = {}
+        try:
+            report, _ = self._run(command, encoded)
+            with self._lock:
+                self._check_cancelled()
+            if report is None or report.get('timed_out') or \
+                    report.get('leftover'):
+                return results
+            lines = _read_lines(command['result_path'], len(modules))
+        finally:
+            _remove(command)
+        for module, line in zip(modules, lines, strict=False):
+            # In order, and clean, or the rest is probed alone.
+            if not isinstance(line, dict) or line.get('module') != module \
+                    or not _probe_child.is_clean(line.get('result')):
+                break
+            results[module] = self._result(
+                module, sources, line['result'], report, 0,
+                str(line.get('output', ''))[-OUTPUT_LIMIT:])
+        return results
+
     def _run(self, command: dict, encoded: bytes
              ) -> tuple[dict | None, int | None]:
-        """Have a guard probe ``command['module']``: (its report, or None
-        when it died without one; and then its exit code)."""
+        """Have a guard probe the command's module or batch: (its report,
+        or None when it died without one; and then its exit code)."""
         # A guard that exited for being idle, just as it was handed the
         # module, never started it: another one is.
         for _attempt in range(3):
@@ -243,7 +335,7 @@ class Probe:
                 guard.snapshot = command['snapshot']
                 report = guard.report(
                     functools.partial(self._should_stop, deadline))
-            except _probe_batch.GuardDied as died:
+            except _probe_pool.GuardDied as died:
                 self._pool.close(guard)
                 if died.idle:
                     continue
@@ -263,7 +355,7 @@ class Probe:
         return now > deadline or (cancelled_at is not None
                                   and now > cancelled_at + CANCEL_GRACE)
 
-    def _start_guard(self) -> _probe_batch.Guard:
+    def _start_guard(self) -> _probe_pool.Guard:
         request = {
             'root': self.root,
             'package_name': self.package_name,
@@ -273,7 +365,7 @@ class Probe:
             'timeout': self.timeout,
             'stack_dump_grace': STACK_DUMP_GRACE,
         }
-        return _probe_batch.Guard(_forkserver_context(), request,
+        return _probe_pool.Guard(_forkserver_context(), request,
                                   'hotload-probe-guard')
 
     def _encoded(self, sources: Mapping[str, loader.SourceRef]
@@ -282,7 +374,7 @@ class Probe:
         with a number for that snapshot.
 
         A scan probes many modules against one snapshot of the tree: a
-        guard receives it once (see :mod:`hotload._probe_batch`).
+        guard receives it once (see :mod:`hotload._probe_pool`).
         Snapshots are not changed once made; the size guards against a
         caller that does.
         """
@@ -409,6 +501,12 @@ class Probe:
             path=path, traceback=output[-OUTPUT_LIMIT:])
 
 
+def _remove(files: dict[str, str]) -> None:
+    for key in ('output_path', 'result_path'):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(files[key])
+
+
 def _tail(path: str, limit: int) -> str:
     """The last ``limit`` bytes of a file, as text."""
     with open(path, 'rb') as stream:
@@ -430,6 +528,21 @@ def _read_result(path: str) -> dict | None:
     except ValueError:
         return None
     return result if isinstance(result, dict) else None
+
+
+def _read_lines(path: str, count: int) -> list:
+    """The first ``count`` JSON lines of a batch's result file; a line
+    that is garbage, and those after it, are left out."""
+    lines = []
+    try:
+        with open(path, 'rb') as stream:
+            for line in stream:
+                if len(lines) == count or len(line) > RESULT_LIMIT:
+                    break
+                lines.append(json.loads(line))
+    except (FileNotFoundError, ValueError):
+        pass
+    return lines
 
 
 def _imports_of(result: dict | None) -> dict[str, str | None]:

@@ -15,7 +15,6 @@ previous generation's own objects (so the store need not serialize them
 again), and no per-action work is redone for them but a name check.
 """
 
-import concurrent.futures
 import dataclasses
 import functools
 import os
@@ -30,6 +29,7 @@ from hotload import exceptions
 from hotload import manifest
 from hotload import naming
 from hotload import probe as probe_mod
+from hotload import probe_scheduler
 from hotload import store
 from hotload import tree as tree_mod
 from hotload import trust
@@ -42,10 +42,7 @@ LOG = logging.getLogger(__name__)
 #: probed again at the next scan.
 RETRIED_ERRORS = frozenset({'collision', 'reserved', 'probe'})
 #: A module whose files changed while it was being probed.
-UNSTABLE = 'unstable'
-PROGRESS_EVERY = 50
-#: Seconds between looks at the cancellation event while probes run.
-CANCEL_POLL = 0.1
+UNSTABLE = probe_scheduler.UNSTABLE
 
 # The walk moved to hotload.walk; these names stay here for callers
 # (doctor, tests) that know them as the scanner's.
@@ -253,7 +250,10 @@ class Scanner:
         if stale:
             snapshot = self._with_blobs(snapshot, previous)
             stale = [name for name in stale if snapshot.sha(name)]
-        results = self._probe_all(stale, snapshot)
+        results = probe_scheduler.ProbeScheduler(
+            self.probe, self.root, self.policy.max_file_size,
+            self.unstable.flag, self.unstable.clear, self.workers,
+            self.on_progress, self.cancelled).run(stale, snapshot)
         modules = self._records(previous, snapshot, results)
         modules = self._assign_names(previous, modules,
                                      incremental=changed is not None)
@@ -312,102 +312,9 @@ class Scanner:
         return any(snapshot.sha(dep) != dep_sha
                    for dep, dep_sha in imports.items())
 
-    def _probe_all(self, names: list[str], snapshot: TreeSnapshot
-                   ) -> dict[str, probe_mod.ProbeResult]:
-        results: dict[str, probe_mod.ProbeResult] = {}
-        if not names:
-            return results
-        pool = concurrent.futures.ThreadPoolExecutor(self.workers)
-        finished = False
-        try:
-            futures = {pool.submit(self._probe_one, name, snapshot): name
-                       for name in names}
-            pending = set(futures)
-            while pending:
-                done, pending = concurrent.futures.wait(
-                    pending, CANCEL_POLL if self.cancelled else None,
-                    concurrent.futures.FIRST_COMPLETED)
-                self._check_cancelled()
-                for future in done:
-                    name = futures[future]
-                    results[name] = self._outcome(name, future, snapshot)
-                    self.on_progress()
-                    count = len(results)
-                    if len(names) >= PROGRESS_EVERY and (
-                            count % PROGRESS_EVERY == 0
-                            or count == len(names)):
-                        LOG.info('Probed %d/%d modules', count, len(names))
-            finished = True
-        finally:
-            # A cancelled scan returns at once: probes not started are
-            # dropped, and those in flight are not waited for (the
-            # daemon's Probe.cancel(), or probe_timeout, ends them).
-            pool.shutdown(wait=finished, cancel_futures=True)
-        return results
-
     def _check_cancelled(self) -> None:
         if self.cancelled is not None and self.cancelled.is_set():
             raise exceptions.ScanCancelled('scan cancelled')
-
-    def _probe_one(self, name: str, snapshot: TreeSnapshot
-                   ) -> tuple[probe_mod.ProbeResult, str | None]:
-        """Probe ``name``; also the file its probe changed, if any."""
-        self._check_cancelled()
-        # A file that changed before the probe began was changed by
-        # someone else (an editor, another module's probe): only what
-        # changes during the probe is held against the module.
-        before = self._changed_file(snapshot, [name])
-        result = self.probe.probe(name, snapshot.sources)
-        if before:
-            return result, None
-        return result, self._changed_file(snapshot, [name, *result.imports])
-
-    def _changed_file(self, snapshot: TreeSnapshot,
-                      names: list[str]) -> str | None:
-        for name in names:
-            ref = snapshot.sources.get(name)
-            identity = snapshot.identities.get(name)
-            if ref and ref.sha256 and identity and walk.content_changed(
-                    self.root, ref, identity, self.policy.max_file_size):
-                return ref.path
-        return None
-
-    def _outcome(self, name: str, future: concurrent.futures.Future,
-                 snapshot: TreeSnapshot) -> probe_mod.ProbeResult:
-        try:
-            result, changed = future.result()
-        except exceptions.ScanCancelled:
-            raise  # not the module's fault: nothing of this scan is kept
-        except Exception as exc:
-            # The probe machinery itself failed (no memory to fork, say):
-            # that module waits for the next scan, the others go on.
-            LOG.exception('Probing %s failed', name)
-            return probe_mod.ProbeResult(
-                name, (), {}, manifest.ModuleError(
-                    kind='probe', path=snapshot.sources[name].path,
-                    message=f'the probe itself failed: {exc!r}'))
-        if changed is None:
-            self.unstable.clear(name)
-            return result
-        # Serving what was probed would publish a generation per write;
-        # the module keeps its last good version instead.
-        error = self._unstable_error(name, snapshot.sources[name].path,
-                                     changed, *self.unstable.flag(name))
-        error = dataclasses.replace(error, sha256=snapshot.sha(name),
-                                    imports=result.imports)
-        return dataclasses.replace(result, exports=(), error=error)
-
-    @staticmethod
-    def _unstable_error(name: str, path: str, changed: str, strikes: int,
-                        backoff: float) -> manifest.ModuleError:
-        times = 'once' if strikes == 1 else f'{strikes} times in a row'
-        who = 'the module' if changed == path else \
-            'the module, or a module it imports,'
-        return manifest.ModuleError(
-            kind=UNSTABLE, path=changed,
-            message=f'{changed} changed while the probe imported {name}, '
-                    f'{times}: does {who} write to its own file at import? '
-                    f'Probed again at most every {backoff:g} s')
 
     def _version(self, name: str, sha: str,
                  result: probe_mod.ProbeResult) -> manifest.ModuleVersion:
@@ -478,8 +385,8 @@ class Scanner:
                     # Held back, but its report was never published (the
                     # generation that had it failed to commit): the same
                     # report on every scan, so its writes publish nothing.
-                    error = self._unstable_error(name, ref.path, ref.path,
-                                                 *held)
+                    error = probe_scheduler.unstable_error(
+                        name, ref.path, ref.path, *held)
                 records[name] = self._record(old, name, ref.path, last_good,
                                              error)
             elif result.error:

@@ -347,7 +347,7 @@ class ManifestStore:
             record = manifest.modules[name]
             known = not verify and self._records.get(sha) is not None
             if not known and not os.path.exists(self.blobs.path(sha)):
-                self.blobs.put(manifest_mod.record_json(record), sha)
+                self.blobs.put(record.blob, sha, wait=False)
             self._records[sha] = record
         # Every blob the index names (sources stored by the walk or a
         # mirror's fetch, records just written) reaches the disk first.

@@ -21,11 +21,13 @@ on the order the paths were seen in, and :mod:`hotload.tree` can replace
 the entries of a few paths and compose again without walking the rest.
 """
 
+import contextlib
 import dataclasses
 import errno
 import os
 import threading
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 
 from hotload import exceptions
@@ -227,31 +229,6 @@ def snapshot_tree(root: str, policy: trust.TrustPolicy,
                                 cancelled=cancelled))
 
 
-def content_changed(root: str, ref: loader.SourceRef,
-                    identity: FileIdentity, max_size: int) -> bool:
-    """True when the file of ``ref`` no longer holds the content hashed.
-
-    The stat is compared first; the content is read again only when it
-    differs, so a file rewritten with the same bytes is not a change. A
-    file that is gone is not a change either: its removal is seen by the
-    next scan.
-
-    :param root: The actions directory.
-    :param ref: The module's file and the sha256 read from it.
-    :param identity: The file's identity when it was read.
-    :param max_size: Largest content read again (``max_file_size``).
-    """
-    path = os.path.join(root, ref.path)
-    try:
-        if FileIdentity.of(os.stat(path)) == identity:
-            return False
-        with open(path, 'rb') as stream:
-            data = stream.read(max_size + 1)
-    except OSError:
-        return False
-    return store.sha256_hex(data) != ref.sha256
-
-
 class _Vanished(Exception):
     """The file was removed between the directory listing and its open."""
 
@@ -364,6 +341,11 @@ class TreeWalk:
         :param depth: Its level (the root is 0).
         :param inherited: The trust problem of a directory on its way.
         """
+        with self._storing():
+            self._walk_dir(reldir, depth, inherited)
+
+    def _walk_dir(self, reldir: str, depth: int,
+                  inherited: str | None) -> None:
         stack: list[DirToWalk] = [(reldir, depth, inherited)]
         while stack:
             self._check_cancelled()
@@ -404,7 +386,23 @@ class TreeWalk:
                 self.walk_dir(*subdir)
         elif os.path.lexists(node.path) and \
                 not trust.is_ignored_name(node.name):
-            self._file(node.name, os.path.dirname(relpath), inherited)
+            with self._storing():
+                self._file(node.name, os.path.dirname(relpath), inherited)
+
+    @contextlib.contextmanager
+    def _storing(self) -> Iterator[None]:
+        """Contents go to the store without waiting (see
+        :class:`~hotload.blobs.BlobStore`); all are there when the walk
+        ends, since the probe reads them from there."""
+        try:
+            yield
+        except BaseException:
+            # The walk failed: its writes end, and matter no more (the
+            # next walk stores the same contents again).
+            with contextlib.suppress(OSError):
+                self.blobs.flush()
+            raise
+        self.blobs.flush()
 
     def climb(self, relpath: str) -> tuple[str, int, str | None] | None:
         """What to judge again for a change at ``relpath``.
@@ -508,7 +506,8 @@ class TreeWalk:
             return
         self.entries[relpath] = Entry(
             relpath, module, loader.SourceRef(
-                relpath, self.blobs.put(data), name == '__init__.py'),
+                relpath, self.blobs.put(data, wait=False),
+                name == '__init__.py'),
             identity=identity, link_target=target)
         self.on_progress()
 

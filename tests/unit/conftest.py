@@ -1,6 +1,7 @@
 """Fixtures for the unit tests: an actions tree and a scanner over it."""
 
 import dataclasses
+import hashlib
 import os
 import textwrap
 
@@ -8,6 +9,7 @@ import pytest
 from oslo_config import cfg
 
 from hotload import conf as hotload_conf
+from hotload import loader
 from hotload import manifest
 from hotload import probe as probe_mod
 from hotload import provider as provider_mod
@@ -86,6 +88,26 @@ def scan(tree, tmp_path):
     with probe_mod.Probe(tree.root, PACKAGE, states.blobs.root,
                          timeout=4.0, memory_limit_mb=512) as probe:
         yield Scan(tree, states, probe)
+
+
+@pytest.fixture
+def probe(tree, tmp_path):
+    """A probe over ``tree``, with ``probe.add(name, text)`` writing a
+    module and its blob and returning its SourceRef."""
+    blobs = tmp_path / 'blobs'
+
+    def add(name: str, text: str) -> loader.SourceRef:
+        data = text.encode()
+        tree.write(f'{name}.py', data)
+        sha = hashlib.sha256(data).hexdigest()
+        (blobs / sha[:2]).mkdir(parents=True, exist_ok=True)
+        (blobs / sha[:2] / sha).write_bytes(data)
+        return loader.SourceRef(f'{name}.py', sha, False)
+
+    with probe_mod.Probe(tree.root, PACKAGE, str(blobs), timeout=4.0,
+                         memory_limit_mb=512) as probe:
+        probe.add = add
+        yield probe
 
 
 @pytest.fixture

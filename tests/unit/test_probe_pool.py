@@ -1,16 +1,10 @@
-"""Guards reused across the modules of a snapshot (hotload._probe_batch)."""
+"""Guards reused across the modules of a snapshot (hotload._probe_pool)."""
 
-import hashlib
 import os
 import signal
 import time
 
-import pytest
-
-from hotload import loader
-from hotload import probe as probe_mod
 from tests.unit.conftest import GREET
-from tests.unit.conftest import PACKAGE
 
 # Leaves a mark on a library module that no side-effect check watches
 # (plain data): only a fresh process per module keeps it from the next.
@@ -23,24 +17,6 @@ import json
 if hasattr(json, 'hotload_mark'):
     raise RuntimeError('saw the mark of another module')
 '''
-
-
-@pytest.fixture
-def probe(tree, tmp_path):
-    blobs = tmp_path / 'blobs'
-
-    def add(name: str, text: str) -> loader.SourceRef:
-        data = text.encode()
-        tree.write(f'{name}.py', data)
-        sha = hashlib.sha256(data).hexdigest()
-        (blobs / sha[:2]).mkdir(parents=True, exist_ok=True)
-        (blobs / sha[:2] / sha).write_bytes(data)
-        return loader.SourceRef(f'{name}.py', sha, False)
-
-    with probe_mod.Probe(tree.root, PACKAGE, str(blobs), timeout=4.0,
-                         memory_limit_mb=512) as probe:
-        probe.add = add
-        yield probe
 
 
 def test_one_guard_probes_a_snapshot_each_module_in_a_fresh_process(probe):

@@ -187,6 +187,22 @@ class GuardPool:
         #: Every guard started and not closed, by PID (for cancel).
         self.running: dict[int, Guard] = {}
 
+    def prestart(self, count: int) -> None:
+        """Start guards until ``count`` are idle, for the next snapshot.
+
+        Starting the forkserver and a guard takes some 0.4 s; started
+        while a scan walks the tree, it costs that scan nothing.
+
+        :param count: Idle guards wanted.
+        """
+        with self._lock:
+            missing = count - len(self._idle)
+        for _ in range(missing):
+            guard = self._start()
+            with self._lock:
+                self.running[guard.pid] = guard
+                self._idle.append(guard)
+
     def take(self, snapshot: int) -> Guard:
         """An idle guard (one that holds ``snapshot``, if any), or a new
         one.
@@ -196,8 +212,10 @@ class GuardPool:
         stale = []
         with self._lock:
             if snapshot != self._snapshot:
-                # A new snapshot: the guards of the old one go.
-                stale, self._idle = self._idle, []
+                # A new snapshot: the guards of the old one go; those
+                # that hold none yet serve it.
+                stale = [g for g in self._idle if g.snapshot is not None]
+                self._idle = [g for g in self._idle if g.snapshot is None]
                 self._snapshot = snapshot
             now = time.monotonic()
             guard = None
