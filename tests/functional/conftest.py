@@ -61,12 +61,17 @@ class Daemon:
         self.extra_args: list[str] = []
 
     def start(self) -> 'Daemon':
+        # Its temporary files (the probe's) beside its log, not in the
+        # machine's /tmp: a daemon a test kills leaves them behind.
+        temporary = self.log_path.parent / 'tmp'
+        temporary.mkdir(mode=0o700, exist_ok=True)
         with open(self.log_path, 'ab') as log:
             self.process = subprocess.Popen(
                 [sys.executable, '-c',
                  'from hotload.cmd.daemon import main; main()',
                  '--config-file', str(self.config_file), *self.extra_args],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, 'TMPDIR': str(temporary)})
         wait_for(self._published, 'the daemon to publish its first scan')
         return self
 
