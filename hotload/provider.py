@@ -55,6 +55,14 @@ Registered in the entry point group ``mistral.action.providers`` as
 * ``describe()`` (``mistral-hotload status``) gives the generation and
   ``digest``, the sha256 of the exact ``manifest.json`` bytes the table
   was built from, which ``status --cluster`` compares across nodes.
+* A hot action whose name another provider of the process serves (an
+  installed plug-in, mistral-extra's actions with an empty prefix) is not
+  served: ``find()`` returns None for it, so the other provider's action
+  wins whatever the entry point order, and ``find_all()`` omits it; the
+  clash is in ``describe()['clashes']`` and ``['errors']``
+  (:mod:`hotload.clashes`). Each table is checked before it is swapped
+  in, asking only for names not asked before; the one built before
+  Mistral had built its other providers is checked at the first lookup.
 """
 
 import dataclasses
@@ -71,6 +79,7 @@ from mistral_lib import actions as ml_actions
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from hotload import clashes as clashes_mod
 from hotload import conf as hotload_conf
 from hotload import descriptors as descriptors_mod
 from hotload import exceptions
@@ -96,6 +105,10 @@ class _Table:
     #: sha256 of the exact bytes of the manifest.json the table was
     #: built from, which ``status --cluster`` compares across nodes.
     digest: str | None = None
+    #: Names of ``descriptors`` another provider of the process serves,
+    #: which are not served; None until checked (the other providers are
+    #: not known yet).
+    clashes: dict[str, clashes_mod.Clash] | None = None
 
 
 def _key(st: os.stat_result | None) -> tuple | None:
@@ -120,6 +133,7 @@ def _after_fork(provider_ref: weakref.ref) -> None:
     if provider is not None:
         provider._reload_lock = threading.Lock()
         provider._background_lock = threading.Lock()
+        provider._swap_lock = threading.Lock()
         provider._background = None
 
 
@@ -140,10 +154,15 @@ class HotloadActionProvider(ml_actions.ActionProvider):
     :param name: Provider name Mistral registered it under.
     :param conf: Configuration to read ``[hotload]`` and the messaging
         transport from; Mistral's global configuration by default.
+    :param others: Lists the other action providers of the process (None
+        while they are not known), whose names hot actions must not take;
+        by default those of Mistral's system provider, which Mistral
+        builds right after this one (see :mod:`hotload.clashes`).
     """
 
     def __init__(self, name: str = 'hotload',
-                 conf: cfg.ConfigOpts | None = None) -> None:
+                 conf: cfg.ConfigOpts | None = None,
+                 others: clashes_mod.Others | None = None) -> None:
         super().__init__(name)
         self.conf = conf or cfg.CONF
         if hotload_conf.GROUP not in self.conf:
@@ -160,7 +179,9 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         self.cache = VersionCache(self.states.blobs, options.actions_dir,
                                   fetch=self.fetcher)
         descriptors_mod.bind(self.cache, self.host)
-        self._table = _Table(None, None, {})
+        #: Which hot names the other providers of the process serve.
+        self.clashes = clashes_mod.ClashDetector(self, others)
+        self._table = _Table(None, None, {}, clashes={})
         #: The modules of the table, by the sha256 of their record.
         self._modules: dict[str, descriptors_mod.Module] = {}
         #: Stat key of the last manifest.json examined, whether served,
@@ -168,6 +189,10 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         self._seen_key: tuple | None = _NEVER
         # Taken by whoever builds the next table; never by a lookup.
         self._reload_lock = threading.Lock()
+        # Held only to swap a table in: by a refresh, and by the first
+        # lookup, which installs the clash check of a table built before
+        # the other providers were known (see _checked()).
+        self._swap_lock = threading.Lock()
         #: Set when the background refresh under way, if any, ends.
         self._background: threading.Event | None = None
         self._background_lock = threading.Lock()
@@ -199,15 +224,25 @@ class HotloadActionProvider(ml_actions.ActionProvider):
 
     def find(self, action_name, namespace=None):
         table, pending = self._current()
+        if table.clashes and action_name in table.clashes:
+            # Another provider serves it: that one answers.
+            return None
         descriptor = table.descriptors.get(action_name)
         if descriptor is None and pending is not None:
             # Perhaps a file just dropped, and this the first workflow to
             # use it: worth a short wait (see the module docstring).
             pending.wait(FIND_WAIT)
-            descriptor = self._table.descriptors.get(action_name)
+            descriptor = self._served(action_name)
         if descriptor is None and self._behind_publisher(action_name):
-            descriptor = self._table.descriptors.get(action_name)
+            descriptor = self._served(action_name)
         return descriptor
+
+    def _served(self, action_name: str) -> HotloadActionDescriptor | None:
+        """The descriptor the current table serves under ``action_name``."""
+        table = self._checked(self._table)
+        if table.clashes and action_name in table.clashes:
+            return None
+        return table.descriptors.get(action_name)
 
     def _behind_publisher(self, action_name: str) -> bool:
         """On a cluster node, wait (at most :data:`FIND_WAIT` seconds) for
@@ -241,14 +276,52 @@ class HotloadActionProvider(ml_actions.ActionProvider):
     def find_all(self, namespace=None, limit=None, sort_fields=None,
                  sort_dirs=None, filters=None):
         # Mistral filters, sorts and pages the result itself.
-        return list(self._current()[0].descriptors.values())
+        table = self._current()[0]
+        if table.clashes:
+            return [d for name, d in table.descriptors.items()
+                    if name not in table.clashes]
+        return list(table.descriptors.values())
 
     def _current(self) -> tuple[_Table, threading.Event | None]:
         """The table to answer from, and the refresh under way, if any."""
         self._ensure_listener()
+        table = self._table
+        if table.clashes is None:
+            table = self._checked(table)
         if _key(self._stat()) == self._seen_key:
-            return self._table, None
-        return self._table, self._refresh_in_background()
+            return table, None
+        return table, self._refresh_in_background()
+
+    def _checked(self, table: _Table) -> _Table:
+        """``table`` with its clashes checked, when they can be.
+
+        Only a table built before Mistral had built its other providers
+        (the first one, built when this provider is) is unchecked: the
+        first lookup checks it and swaps the result in, unless a newer
+        table was swapped in meanwhile (a refresh checks its own).
+        """
+        if table.clashes is not None:
+            return table
+        found = self.clashes.check(table.descriptors)
+        if found is None:
+            return table
+        checked = dataclasses.replace(table, clashes=found)
+        with self._swap_lock:
+            installed = self._table is table
+            if installed:
+                self._table = checked
+        if installed:
+            self._log_clashes(checked, None)
+        return checked
+
+    def _log_clashes(self, table: _Table,
+                     before: dict[str, clashes_mod.Clash] | None) -> None:
+        """Log each clash of ``table`` that ``before`` did not have."""
+        prefix = table.manifest.action_prefix if table.manifest else ''
+        for name, clash in (table.clashes or {}).items():
+            if not before or name not in before:
+                LOG.warning('Not serving %s', clashes_mod.message(
+                    clash, table.descriptors[name], prefix))
 
     def _stat(self) -> os.stat_result | None:
         try:
@@ -350,14 +423,20 @@ class HotloadActionProvider(ml_actions.ActionProvider):
             self.cache.retain({module.record.good.content_key
                                for module in modules.values()
                                if module.record.good})
+            before = self._table.clashes
+            table = _Table(key, current, descriptors,
+                           time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                           store.sha256_hex(data),
+                           clashes=self.clashes.check(descriptors))
             # Table first: a lookup that sees the new key must find the
             # table built from it.
-            self._table = _Table(key, current, descriptors,
-                                 time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-                                 store.sha256_hex(data))
+            with self._swap_lock:
+                self._table = table
             self._seen_key = key
+        self._log_clashes(table, before)
         LOG.info('Serving hot action generation %d (%d actions)',
-                 current.generation, len(descriptors))
+                 current.generation,
+                 len(descriptors) - len(table.clashes or ()))
         with self._swapped:
             self._swapped.notify_all()
         return True
@@ -448,8 +527,24 @@ class HotloadActionProvider(ml_actions.ActionProvider):
                          name='hotload-listener').start()
 
     def describe(self) -> dict[str, Any]:
-        """What this process serves, for ``mistral-hotload status``."""
-        table = self._table
+        """What this process serves, for ``mistral-hotload status``.
+
+        ``clashes`` maps each hot action name another provider of this
+        process serves (so this one does not) to that provider's name;
+        None when the other providers are not known yet. ``errors`` has a
+        line for each, naming both sides and the fix.
+        """
+        table = self._checked(self._table)
+        clashes = table.clashes
+        prefix = table.manifest.action_prefix if table.manifest else ''
+        errors = list(self.cache.errors)
+        errors += [clashes_mod.message(clash, table.descriptors[name],
+                                        prefix)
+                   for name, clash in sorted((clashes or {}).items())]
+        errors += [f'action provider {name} could not be asked whether it '
+                   f'serves hot action names: {problem}'
+                   for name, problem in sorted(
+                       self.clashes.problems().items())]
         return {
             'host': self.host,
             'service': _service_name(),
@@ -457,8 +552,10 @@ class HotloadActionProvider(ml_actions.ActionProvider):
             'generation': self.generation,
             'digest': table.digest,
             'loaded_at': table.loaded_at,
-            'actions': len(table.descriptors),
-            'errors': list(self.cache.errors),
+            'actions': len(table.descriptors) - len(clashes or ()),
+            'clashes': None if clashes is None else {
+                name: clash.provider for name, clash in clashes.items()},
+            'errors': errors,
             'loaded': sorted(self.cache.loaded()),
         }
 

@@ -25,6 +25,11 @@ The checks, in order:
     port are ever shown: the URL carries credentials.
 ``daemon``
     The daemon holds the state directory's lock.
+``names``
+    Only when a Mistral process of this node reports one: a hot action it
+    does not serve because another of its action providers serves the
+    name (:mod:`hotload.cli.doctor_names`); the fix renames the action or
+    sets ``action_prefix``.
 
 On a node of a cluster (``mode = mirror``, or a ``cluster_key``) three
 more follow, ``mode``, ``cluster_key`` and ``publisher``
@@ -50,6 +55,7 @@ from hotload import store
 from hotload import trust
 from hotload.cli import doctor_cluster
 from hotload.cli import doctor_mistral
+from hotload.cli import doctor_names
 from hotload.cli.diagnosis import FAIL
 from hotload.cli.diagnosis import OK
 from hotload.cli.diagnosis import SERVICE
@@ -343,7 +349,9 @@ class Doctor(lister.Lister):
     Checks, in order: the provider is installed where Mistral runs, the
     allow/deny lists let Mistral load it, actions_dir passes the trust
     rules (none is needed with mode = mirror), state_dir is usable, the
-    broker answers, the daemon runs; and on a node of a cluster (mode =
+    broker answers, the daemon runs, no hot action name is one another
+    action provider of Mistral's processes serves (a row only when one
+    is: it is not served); and on a node of a cluster (mode =
     mirror or a cluster_key): the mode has what it needs, the cluster_key
     is set and long enough (never shown), the publisher answers. Run it
     as the daemon's user with Mistral's configuration
@@ -365,16 +373,23 @@ class Doctor(lister.Lister):
 
     def take_action(self, parsed_args):
         conf = self.app.conf
+        broker = check_broker(conf)
         rows = [
             doctor_mistral.check_provider(parsed_args.mistral_python,
                                           parsed_args.mistral_server),
             doctor_mistral.check_allow_deny(conf),
             check_actions_dir(conf),
             check_state_dir(conf),
-            check_broker(conf),
+            broker,
             check_daemon(conf),
-            *doctor_cluster.checks(conf),
         ]
+        # Only Mistral's processes know their other providers: asked when
+        # the broker answers (else its row says why they cannot be).
+        if broker.result == OK and signals.transport_configured(conf):
+            names = doctor_names.check_names(conf)
+            if names is not None:
+                rows.append(names)
+        rows += doctor_cluster.checks(conf)
         self.exit_status = (EXIT_FAILED if any(r.result == FAIL for r in rows)
                             else EXIT_OK)
         return ('Check', 'Result', 'Detail'), rows

@@ -14,7 +14,9 @@ Exit status of ``status``, for monitoring:
 
 * 0: the daemon runs, every file is served, every process that answered
   serves the daemon's generation;
-* 1: some file has an error (its last good version, if any, is served);
+* 1: some file has an error (its last good version, if any, is served),
+  or a hot action is not served because another action provider of a
+  Mistral process serves its name (see :mod:`hotload.clashes`);
 * 2: a process lags behind the daemon's generation, the daemon is not
   running or cannot publish (its last scan failed, or the state
   directory's file system is full), nothing was published yet, or no
@@ -24,7 +26,8 @@ Exit status of ``status``, for monitoring:
 
 Without ``transport_url`` the processes are not asked (they still load new
 generations by themselves) and the exit status depends on the daemon and
-the files only.
+the files only; name clashes, which only the processes know, are then
+not reported.
 
 ``status --cluster`` shows every node of a cluster instead, from any
 node's configuration; it is :mod:`hotload.cli.cluster`, with its own
@@ -39,8 +42,10 @@ from cliff import command
 from cliff import lister
 from cliff import show
 
+from hotload import clashes
 from hotload import conf as hotload_conf
 from hotload import exceptions
+from hotload import manifest as manifest_mod
 from hotload import signals
 from hotload import store
 from hotload.cli import cluster
@@ -85,8 +90,8 @@ class _StateCommand:
             else set()
 
 
-def _processes(conf, generation: int, timeout: float,
-               all_hosts: bool) -> tuple[list[dict], str]:
+def mistral_processes(conf, generation: int, timeout: float,
+                      all_hosts: bool) -> tuple[list[dict], str]:
     """The Mistral processes that answered, and why none could be asked.
 
     The brokers are tried first with a plain TCP connection, for half of
@@ -138,13 +143,50 @@ def _processes(conf, generation: int, timeout: float,
     return found, ''
 
 
+def _who(process: dict) -> str:
+    return f'{process["service"]} pid {process["pid"]} on {process["host"]}'
+
+
+def clash_errors(processes: list[dict],
+                 current: manifest_mod.Manifest | None) -> list[str]:
+    """A line per hot action that Mistral processes do not serve because
+    another of their action providers serves its name: the hot action's
+    file and line, the provider, the processes, and the fix.
+
+    :param processes: The processes that answered, with their
+        ``clashes`` (``{name: provider}``; absent from older providers).
+    :param current: The manifest served, for the file and line of each
+        hot action and how it was named.
+    """
+    found: dict[tuple[str, str], list[str]] = {}
+    for process in processes:
+        for name, provider in sorted((process.get('clashes') or {}).items()):
+            found.setdefault((name, str(provider)), []).append(_who(process))
+    specs = {a.name: (a, m) for a, m in current.all_actions()} \
+        if current else {}
+    prefix = current.action_prefix if current else ''
+    lines = []
+    for (name, provider), who in sorted(found.items()):
+        where, fix = name, clashes.fix(name, '', prefix, declared=None)
+        if name in specs:
+            action, module = specs[name]
+            where = f'{module.path}:{action.line}: {name}'
+            fix = clashes.fix(name, module.name, prefix,
+                              declared=action.declared_name is not None)
+        lines.append(f'{where} is not served: action provider {provider!r} '
+                     f'serves that name too in {", ".join(who)}; {fix}')
+    return lines
+
+
 class Status(_StateCommand, show.ShowOne):
     """Show the daemon, what it serves, and every Mistral process.
 
     Exit status: 0 all served and converged, 1 some file or control file
-    has an error, 2 a process lags, the daemon is not running or cannot
-    publish (a failing scan, a full disk), or the broker is unreachable
-    (the processes could not be asked; see errors).
+    has an error, or a hot action is not served because another action
+    provider of a Mistral process serves its name, 2 a process lags, the
+    daemon is not running or cannot publish (a failing scan, a full
+    disk), or the broker is unreachable (the processes could not be
+    asked; see errors).
 
     With --cluster: every host of the cluster (from any node's
     configuration, a mirror's too: transport_url and cluster_key), its
@@ -225,10 +267,11 @@ class Status(_StateCommand, show.ShowOne):
                 'No transport_url configured: Mistral processes cannot be '
                 'asked (they still load new generations by themselves).\n')
         else:
-            processes, unasked = _processes(
+            processes, unasked = mistral_processes(
                 conf, generation, parsed_args.timeout, parsed_args.all_hosts)
         if unasked:
             errors.append(unasked)
+        errors += clash_errors(processes, current)
         lagging = [p for p in processes if p['state'] == 'lagging']
         # Processes that could not be asked may lag: convergence is not
         # confirmed, which monitoring must not read as "only a file error".
@@ -297,7 +340,11 @@ class ActionList(_StateCommand, lister.Lister):
 
 
 class ActionShow(_StateCommand, show.ShowOne):
-    """Show one hot action: parameters, file, version, who loaded it."""
+    """Show one hot action: parameters, file, version, who loaded it.
+
+    ``clashes`` lists the Mistral processes that do not serve it because
+    another of their action providers serves its name.
+    """
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
@@ -316,18 +363,22 @@ class ActionShow(_StateCommand, show.ShowOne):
             raise CommandError(f'no hot action named {parsed_args.name}; '
                                f'see mistral-hotload action list')
         action, module = found[parsed_args.name]
-        loaded_by = []
+        loaded_by, clashing = [], []
         if signals.transport_configured(self.app.conf):
             key = module.good.content_key
-            processes, unasked = _processes(
+            processes, unasked = mistral_processes(
                 self.app.conf, current.generation, parsed_args.timeout,
                 all_hosts=True)
             if unasked:
                 self.app.stderr.write(
                     f'{unasked} whether they loaded it.\n')
-            loaded_by = [
-                f'{p["service"]} pid {p["pid"]} on {p["host"]}'
-                for p in processes if key in p.get('loaded', ())]
+            loaded_by = [_who(p) for p in processes
+                         if key in p.get('loaded', ())]
+            clashing = [
+                f'{_who(p)}: not served, action provider '
+                f'{p["clashes"][action.name]!r} serves {action.name}'
+                for p in processes
+                if action.name in (p.get('clashes') or {})]
         fields = {
             'name': action.name,
             'description': action.description,
@@ -347,6 +398,7 @@ class ActionShow(_StateCommand, show.ShowOne):
                       f'(this version is the last good one)'
                       if module.error else ''),
             'loaded_by': LinesColumn(loaded_by),
+            'clashes': LinesColumn(clashing),
         }
         return tuple(fields), tuple(fields.values())
 

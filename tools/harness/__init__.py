@@ -33,7 +33,9 @@ What ``up`` (``MistralHarness.start``) does:
 4. runs ``mistral-db-manage upgrade head`` and ``populate``;
 5. starts ``mistral-server --server api``, ``engine`` and ``executor`` as
    three processes, each the leader of its own session, and records their
-   PIDs in a state file in the work directory (``servers``);
+   PIDs in a state file in the work directory (``servers``), with a small
+   plug-in action installed (``harness_plugin.echo``, from
+   ``tools/harness/plugin``: see ``servers.PLUGIN_DIR``);
 6. waits until the API answers ``GET /v2/actions`` with 200, the engine
    and the executor have logged that they listen, and a workflow running
    ``std.echo`` and ``std.noop`` completes with the expected output.

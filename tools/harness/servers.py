@@ -51,11 +51,26 @@ MISTRAL_ENV_VARS: tuple[str, ...] = (
     'MISTRAL_CONFIG_FILE', 'MISTRAL_CONFIG_DIR')
 
 
+#: A plug-in action installed for every server (``harness_plugin.echo``
+#: of ``mistral.actions``; see its module). It is a directory on the
+#: servers' ``PYTHONPATH`` holding the module and the ``.dist-info`` that
+#: ``pip install`` would write, which is all Python's entry point lookup
+#: reads: the servers see it as installed, while the shared, cached venv
+#: stays as ``ensure_venv`` made it (nothing to build or download, nothing
+#: left behind). It must be there before a server starts, because
+#: Mistral loads installed actions once, at start: the functional tests
+#: name a hot action like it (tests/functional/test_name_clashes.py).
+PLUGIN_DIR = Path(__file__).resolve().parent / 'plugin'
+
+
 def server_env(venv: Path) -> dict[str, str]:
-    """Environment of a server: ours, minus Keystone and Mistral's own."""
+    """Environment of a server: ours, minus Keystone and Mistral's own,
+    with the plug-in of :data:`PLUGIN_DIR` installed."""
     env = {k: v for k, v in os.environ.items()
            if k not in MISTRAL_ENV_VARS and k not in AUTH_ENV_VARS}
     env['PATH'] = f'{venv / "bin"}{os.pathsep}{env.get("PATH", "")}'
+    env['PYTHONPATH'] = os.pathsep.join(
+        p for p in (str(PLUGIN_DIR), env.get('PYTHONPATH')) if p)
     env['VIRTUAL_ENV'] = str(venv)
     env['PYTHONUNBUFFERED'] = '1'
     return env
