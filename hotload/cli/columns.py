@@ -22,6 +22,8 @@ class ProcessesColumn(columns.FormattableColumn):
 
     def human_readable(self) -> str:
         return '\n'.join(
+            f'{p["service"]} pid {p["pid"]} on {p["host"]}: not answered; '
+            f'{p["why"]}' if p['state'] == 'not answered' else
             f'{p["service"]} pid {p["pid"]} on {p["host"]}: generation '
             f'{p["generation"]}, {p["actions"]} actions'
             + (f' - {p["state"].upper()}' if p['state'] != 'ok' else '')

@@ -49,6 +49,7 @@ from hotload import manifest as manifest_mod
 from hotload import signals
 from hotload import store
 from hotload.cli import cluster
+from hotload.cli import unanswered
 from hotload.cli.columns import LinesColumn
 from hotload.cli.columns import ProcessesColumn
 
@@ -269,6 +270,9 @@ class Status(_StateCommand, show.ShowOne):
         else:
             processes, unasked = mistral_processes(
                 conf, generation, parsed_args.timeout, parsed_args.all_hosts)
+            if not unasked:
+                processes += unanswered.unanswered(
+                    processes, hotload_conf.node_name(conf))
         if unasked:
             errors.append(unasked)
         errors += clash_errors(processes, current)
