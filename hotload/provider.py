@@ -285,10 +285,13 @@ class HotloadActionProvider(ml_actions.ActionProvider):
     def _current(self) -> tuple[_Table, threading.Event | None]:
         """The table to answer from, and the refresh under way, if any."""
         self._ensure_listener()
+        # The key first: a refresh swaps the table in before it records
+        # the key, so a lookup that sees the new key reads the new table.
+        fresh = _key(self._stat()) == self._seen_key
         table = self._table
         if table.clashes is None:
             table = self._checked(table)
-        if _key(self._stat()) == self._seen_key:
+        if fresh:
             return table, None
         return table, self._refresh_in_background()
 

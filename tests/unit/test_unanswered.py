@@ -11,8 +11,20 @@ import pytest
 
 from hotload.cli import columns
 from hotload.cli import unanswered
+from tests.polling import wait_for
 
 HOST = 'node-x'
+
+
+def started(process: subprocess.Popen, program) -> subprocess.Popen:
+    """``process`` once it runs ``program``: until its exec, /proc shows
+    the command line of the test's own interpreter."""
+    def execed() -> bool:
+        with open(f'/proc/{process.pid}/cmdline', 'rb') as stream:
+            return str(program).encode() in stream.read()
+
+    wait_for(execed, f'{program} to start')
+    return process
 
 
 @pytest.fixture
@@ -20,8 +32,9 @@ def engine(tmp_path):
     """A process whose command line is a mistral-server engine's."""
     program = tmp_path / 'mistral-server'
     program.write_text('import sys, time\ntime.sleep(60)\n')
-    process = subprocess.Popen([sys.executable, str(program), '--server',
-                                'engine', '--config-file', 'x.conf'])
+    process = started(subprocess.Popen(
+        [sys.executable, str(program), '--server', 'engine',
+         '--config-file', 'x.conf']), program)
     yield process
     process.kill()
     process.wait()
@@ -69,8 +82,9 @@ def test_a_parent_whose_worker_answered_is_not_listed(tmp_path):
         '"import time; time.sleep(60)"])\n'
         'print(child.pid, flush=True)\n'
         'time.sleep(60)\n')
-    parent = subprocess.Popen([sys.executable, str(program), '--server',
-                               'api'], stdout=subprocess.PIPE, text=True)
+    parent = started(subprocess.Popen(
+        [sys.executable, str(program), '--server', 'api'],
+        stdout=subprocess.PIPE, text=True), program)
     try:
         worker = int(parent.stdout.readline())
         answered = [{'host': HOST, 'pid': worker, 'service': 'api'}]
@@ -89,8 +103,9 @@ def test_a_process_of_another_node_on_this_machine_is_not_listed(tmp_path):
     conf.write_text('[DEFAULT]\nhost = node-y\n[hotload]\nx = 1\n')
     program = tmp_path / 'mistral-server'
     program.write_text('import time\ntime.sleep(60)\n')
-    other = subprocess.Popen([sys.executable, str(program), '--server',
-                              'engine', '--config-file', str(conf)])
+    other = started(subprocess.Popen(
+        [sys.executable, str(program), '--server', 'engine',
+         '--config-file', str(conf)]), program)
     try:
         assert other.pid not in [r['pid'] for r in
                                  unanswered.unanswered([], HOST)]
