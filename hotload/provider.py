@@ -158,12 +158,18 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         while they are not known), whose names hot actions must not take;
         by default those of Mistral's system provider, which Mistral
         builds right after this one (see :mod:`hotload.clashes`).
+    :param listen: False for a one-shot tool (``mistral-hotload run``):
+        no signal listener, so the process neither hears generations
+        announced (a lookup still notices them) nor answers ``status`` as
+        a Mistral process.
     """
 
     def __init__(self, name: str = 'hotload',
                  conf: cfg.ConfigOpts | None = None,
-                 others: clashes_mod.Others | None = None) -> None:
+                 others: clashes_mod.Others | None = None,
+                 listen: bool = True) -> None:
         super().__init__(name)
+        self._listen = listen
         self.conf = conf or cfg.CONF
         if hotload_conf.GROUP not in self.conf:
             hotload_conf.register_opts(self.conf)
@@ -523,7 +529,7 @@ class HotloadActionProvider(ml_actions.ActionProvider):
         # thread: connecting to a broker that is down must not hold up a
         # lookup.
         pid = os.getpid()
-        if self._listener_pid == pid:
+        if self._listener_pid == pid or not self._listen:
             return
         self._listener_pid = pid
         threading.Thread(target=self._start_listener, daemon=True,
