@@ -1,43 +1,19 @@
 """Shared helpers for the curated OpenStack actions.
 
-Two things live here, and every OpenStack action module imports this one
-(``from .. import common``):
+Every OpenStack action module imports this one (``from .. import common``)
+for what the curated actions share beyond :mod:`hotload.sdk`:
 
-* :func:`connect` builds an :class:`openstack.connection.Connection` from the
-  security context Mistral hands to ``Action.run()``. Nothing is read from
-  files or environment variables (no ``clouds.yaml``, no ``OS_*``): the only
-  credential is the caller's token, and it is never logged.
 * :func:`wait_for_status` is the check-or-wait loop behind every
   ``assert_status`` action, all subclasses of :class:`StatusAssertion` (a
-  base class, not exported: ``__export__ = False``), and
-  :func:`api_errors` turns SDK and Keystone errors into
+  base class, not exported: ``__export__ = False``);
+* :func:`api_errors` turns SDK and Keystone errors into
   :class:`mistral_lib.exceptions.ActionException` with a message that names
   the resource.
 
-How the token becomes a connection
-----------------------------------
-openstacksdk needs a service catalog to find Nova, Cinder, Glance, Trove.
-The token Mistral passes already has one, so the token is used *as is*,
-through keystoneauth's :class:`~keystoneauth1.identity.access.AccessInfoPlugin`
-(a plugin wrapping an already-issued token and its catalog):
-
-1. If the security context carries ``service_catalog`` (Mistral fills it from
-   keystonemiddleware's token data for API-started executions, or from the
-   ``X-Target-Service-Catalog`` header), it is used directly: no call to
-   Keystone at all.
-2. Otherwise (executions started by cron triggers run with a trust-scoped
-   token and no catalog), the token is validated once against Keystone
-   (``GET /v3/auth/tokens`` with ``X-Subject-Token`` set to the token itself,
-   which any token may do for itself) and the catalog of that response is used.
-
-The obvious alternative, openstacksdk's ``v3token`` auth type, *re-scopes*
-the token: it asks Keystone for a new token. Keystone refuses that for
-trust-scoped tokens ("Using trust-scoped token to create another token"),
-which is exactly what scheduled workflows (cron triggers, the seed's nightly
-backups) run with, so it is not used.
-
-Endpoints are looked up in the catalog for ``region_name`` (from the context)
-and the ``public`` interface (:data:`INTERFACE`).
+The connection itself is :func:`hotload.sdk.openstack_connection`, public
+for every module of the actions directory: the workflow's token as it is,
+the catalog from the context or from Keystone, never re-scoped, never
+logged (see its documentation).
 """
 
 from __future__ import annotations
@@ -52,15 +28,11 @@ from typing import Any
 
 import openstack.connection
 import openstack.exceptions
-from keystoneauth1 import access
 from keystoneauth1 import exceptions as ks_exceptions
-from keystoneauth1 import session as ks_session
-from keystoneauth1.identity import access as access_plugin
 from mistral_lib import actions as ml_actions
 from mistral_lib import exceptions as ml_exceptions
 
-#: Catalog interface used to reach the services.
-INTERFACE = "public"
+from hotload import sdk
 
 #: Default seconds between two status checks when waiting.
 DEFAULT_INTERVAL = 5
@@ -77,155 +49,6 @@ def fail(message: str) -> ml_exceptions.ActionException:
     :returns: an :class:`~mistral_lib.exceptions.ActionException`.
     """
     return ml_exceptions.ActionException(message)
-
-
-# --------------------------------------------------------------------------
-# Connection
-# --------------------------------------------------------------------------
-
-
-def connect(context: Any) -> openstack.connection.Connection:
-    """Open an openstacksdk connection as the user who runs the workflow.
-
-    Use it as a context manager (``with common.connect(context) as conn:``)
-    so the HTTP session is closed when the action is done.
-
-    :param context: the :class:`mistral_lib.actions.context.ActionContext`
-        passed to ``run()``; its ``security`` part supplies the token,
-        project, Keystone URL, catalog, region and TLS settings.
-    :returns: a connection whose requests carry the caller's token.
-    :raises ActionException: when the context has no token (Mistral runs
-        without authentication) or Keystone rejects the token.
-    """
-    sec = getattr(context, "security", None)
-    token = getattr(sec, "auth_token", None)
-    if not token:
-        raise fail(
-            "no auth token in the action's security context: the OpenStack "
-            "actions need Mistral to run with authentication enabled"
-        )
-    session = ks_session.Session(verify=verify_setting(sec))
-    auth_url = keystone_url(sec)
-    body = token_body(sec)
-    if body is None:
-        body = _validate_token(session, auth_url, token)
-    auth_ref = access.create(body=body, auth_token=token)
-    session.auth = access_plugin.AccessInfoPlugin(auth_ref, auth_url=auth_url)
-    return openstack.connection.Connection(
-        session=session,
-        region_name=getattr(sec, "region_name", None) or None,
-        interface=INTERFACE,
-        app_name="mistral-hotload",
-    )
-
-
-def verify_setting(sec: Any) -> bool | str:
-    """Return the TLS ``verify`` value for keystoneauth.
-
-    :param sec: the security context.
-    :returns: ``False`` when ``insecure`` is set, the CA bundle path when
-        ``auth_cacert`` is set, else ``True``.
-    """
-    insecure = getattr(sec, "insecure", False)
-    if insecure is True or str(insecure).lower() == "true":
-        return False
-    return getattr(sec, "auth_cacert", None) or True
-
-
-def keystone_url(sec: Any) -> str | None:
-    """Return the Keystone URL for the security context.
-
-    Contexts built by cron triggers carry no ``auth_uri``; then Mistral's own
-    ``[keystone_authtoken] www_authenticate_uri`` is used (this code runs
-    inside Mistral, so its configuration is loaded).
-
-    :param sec: the security context.
-    :returns: the URL, or ``None`` when neither source has one.
-    """
-    return getattr(sec, "auth_uri", None) or _mistral_auth_uri()
-
-
-def _mistral_auth_uri() -> str | None:
-    try:
-        from oslo_config import cfg
-    except ImportError:
-        return None
-    try:
-        return cfg.CONF.keystone_authtoken.www_authenticate_uri or None
-    except (cfg.Error, AttributeError):  # not inside Mistral: no such option
-        return None
-
-
-def token_body(sec: Any) -> dict[str, Any] | None:
-    """Turn the context's ``service_catalog`` into a Keystone v3 token body.
-
-    Accepted shapes: the inner ``token`` dict of a v3 validation response
-    (what Mistral stores), the whole response (``{"token": {...}}``) or a
-    bare catalog list. Project id/name missing from the body are taken from
-    the context.
-
-    :param sec: the security context.
-    :returns: ``{"token": {...}}``, or ``None`` when there is no usable
-        catalog in the context.
-    """
-    catalog = getattr(sec, "service_catalog", None)
-    if isinstance(catalog, dict) and isinstance(catalog.get("token"), dict):
-        catalog = catalog["token"]
-    if isinstance(catalog, list):
-        token = {"catalog": catalog}
-    elif isinstance(catalog, dict) and isinstance(
-        catalog.get("catalog"), list
-    ):
-        token = dict(catalog)
-    else:
-        return None
-    if not token["catalog"]:
-        return None
-    project_id = getattr(sec, "project_id", None)
-    if "project" not in token and project_id:
-        token["project"] = {
-            "id": project_id,
-            "name": getattr(sec, "project_name", None),
-        }
-    return {"token": token}
-
-
-def _validate_token(
-    session: ks_session.Session, auth_url: str | None, token: str
-) -> dict[str, Any]:
-    if not auth_url:
-        raise fail(
-            "the security context has neither a service catalog nor a "
-            "Keystone URL (auth_uri), so no endpoint can be found"
-        )
-    url = v3_url(auth_url) + "/auth/tokens"
-    headers = {"X-Auth-Token": token, "X-Subject-Token": token}
-    try:
-        resp = session.get(url, headers=headers, authenticated=False)
-    except ks_exceptions.HttpError as exc:
-        if exc.http_status in (401, 403, 404):
-            raise fail(
-                f"Keystone at {auth_url} refused the workflow's token "
-                f"(HTTP {exc.http_status}); it may have expired or been "
-                "revoked"
-            ) from None
-        raise fail(
-            f"Keystone at {auth_url} answered HTTP {exc.http_status} when "
-            "validating the workflow's token"
-        ) from None
-    except ks_exceptions.ClientException as exc:
-        raise fail(f"cannot reach Keystone at {auth_url}: {exc}") from None
-    return resp.json()
-
-
-def v3_url(auth_url: str) -> str:
-    """Return the Keystone v3 root for ``auth_url``.
-
-    :param auth_url: a Keystone URL with or without the ``/v3`` suffix.
-    :returns: the URL ending in ``/v3``, without a trailing slash.
-    """
-    url = auth_url.rstrip("/")
-    return url if url.endswith("/v3") else url + "/v3"
 
 
 # --------------------------------------------------------------------------
@@ -410,13 +233,14 @@ class StatusAssertion(ml_actions.Action):
     def run(self, context: Any) -> dict[str, Any]:
         """Check the status, waiting up to ``timeout`` seconds.
 
-        :param context: the action context (see :func:`connect`).
+        :param context: the action context (see
+            :func:`hotload.sdk.openstack_connection`).
         :returns: the resource as a dict, once in the expected status.
         :raises ActionException: see :func:`wait_for_status`.
         """
         expected = self._expected_status()
         check_wait_args(self.timeout, self.interval)
-        with connect(context) as conn:
+        with sdk.openstack_connection(context) as conn:
             resource = wait_for_status(
                 lambda: self._fetch(conn),
                 resource_type=self._resource_type,

@@ -35,6 +35,8 @@ from typing import Any
 
 from mistral_lib import actions
 
+from hotload import sdk
+
 from .. import common
 
 LOG = logging.getLogger(__name__)
@@ -203,7 +205,7 @@ class Create(actions.Action):
 
     def run(self, context: Any) -> dict[str, Any]:
         max_length = _max_chain_length(self.max_chain_length)
-        with common.connect(context) as conn:
+        with sdk.openstack_connection(context) as conn:
             if self.incremental:
                 with common.api_errors("backups of volume", self.volume_id):
                     existing = [

@@ -6,6 +6,8 @@ from typing import Any
 
 from mistral_lib import actions
 
+from hotload import sdk
+
 from .. import common
 
 #: Snapshot statuses from which waiting for another status is pointless.
@@ -75,7 +77,7 @@ class Create(actions.Action):
             attrs["description"] = self.description
         if self.force:
             attrs["is_forced"] = True
-        with common.connect(context) as conn:
+        with sdk.openstack_connection(context) as conn:
             with common.api_errors("snapshot of volume", self.volume_id):
                 snapshot = conn.block_storage.create_snapshot(**attrs)
             return common.as_dict(snapshot)

@@ -6,6 +6,8 @@ from typing import Any
 
 from mistral_lib import actions
 
+from hotload import sdk
+
 from .. import common
 
 #: Image statuses from which waiting for another status is pointless.
@@ -95,7 +97,7 @@ class FilterBy(actions.Action):
 
     def run(self, context: Any) -> list[dict[str, Any]]:
         query = self.filters()
-        with common.connect(context) as conn:
+        with sdk.openstack_connection(context) as conn:
             with common.api_errors("image list"):
                 images = [
                     common.as_dict(i) for i in conn.image.images(**query)

@@ -6,6 +6,8 @@ from typing import Any
 
 from mistral_lib import actions
 
+from hotload import sdk
+
 from .. import common
 
 #: Server statuses from which waiting for another status is pointless.
@@ -85,7 +87,7 @@ class GetStatus(actions.Action):
         self.server_id = server_id
 
     def run(self, context: Any) -> dict[str, Any]:
-        with common.connect(context) as conn:
+        with sdk.openstack_connection(context) as conn:
             with common.api_errors("server", self.server_id):
                 server = _get_server(conn, self.server_id)
         return {

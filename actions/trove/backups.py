@@ -13,6 +13,8 @@ from typing import Any
 from mistral_lib import actions
 from openstack import resource
 
+from hotload import sdk
+
 from .. import common
 
 #: Backup statuses from which waiting for another status is pointless.
@@ -131,7 +133,7 @@ class Create(actions.Action):
             "container": self.container,
         }
         attrs.update({k: v for k, v in optional.items() if v is not None})
-        with common.connect(context) as conn:
+        with sdk.openstack_connection(context) as conn:
             with common.api_errors("database instance", self.instance_id):
                 backup = TroveBackup.new(**attrs).create(conn.database)
         return common.as_dict(backup)

@@ -27,6 +27,8 @@ import pytest
 import requests_mock
 from mistral_lib.actions import context as ml_context
 
+from hotload import _sdk_openstack
+
 PACKAGE = "hotload_actions"
 ACTIONS_DIR = pathlib.Path(__file__).resolve().parents[3] / "actions"
 
@@ -82,6 +84,16 @@ def _actions_package():
     for name in [m for m in sys.modules if _ours(m)]:
         del sys.modules[name]
     sys.modules.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def _no_kept_validations():
+    """Each test starts with no token validation kept by
+    :func:`hotload.sdk.openstack_connection` (a process-wide cache), so
+    that what a test registers on its fake Keystone is what answers."""
+    _sdk_openstack.VALIDATIONS.clear()
+    yield
+    _sdk_openstack.VALIDATIONS.clear()
 
 
 # --------------------------------------------------------------------------

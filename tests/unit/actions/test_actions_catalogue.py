@@ -28,6 +28,7 @@ PACKAGE = "hotload_actions"
 PREFIX = "hotload"
 
 EXPECTED = {
+    "hotload.examples.notify.volume_status": "volume_id, url, timeout=30",
     "hotload.cinder.backups.assert_status": (
         'backup_id, status="available", timeout=0, interval=5'
     ),
